@@ -1,0 +1,48 @@
+"""Command line: ``python -m nbopt demo`` runs the default sweep on the built-in digits demo."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def demo(args: argparse.Namespace) -> int:
+    from . import optimize
+    from .demo import digits_arrays, train_digits_cnn
+
+    t0 = time.perf_counter()
+    data = digits_arrays(seed=0)
+    xtr, ytr, xval, yval = data
+    print(f"Training a small CNN on scikit-learn's digits ({len(xtr)} train / {len(xval)} val images)...")
+    model = train_digits_cnn(epochs=args.epochs, data=data)
+    study = optimize(model, calib=(xtr, ytr), eval=(xval, yval), metric="accuracy", store=args.store,
+                     max_accuracy_drop=args.max_drop)
+    cols = ["name", "status", "format", "size_bytes", "size_ratio", "accuracy", "accuracy_drop", "latency_ms",
+            "peak_memory_mb", "notes"]
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
+        print(study.results[cols].to_string(index=False))
+    best = study.best()
+    print(f"\nBest within a {args.max_drop} accuracy drop: {best.name if best else 'none'}")
+    report = study.to_html(Path(args.report))
+    print(f"Report: {report.resolve()}  ({time.perf_counter() - t0:.1f} s in all)")
+    return 0 if all(c.row["status"] != "failed" for c in study.candidates) or args.allow_failures else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nbopt", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="train a digits CNN, run the default sweep, write an HTML report")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--store", default=".nbopt")
+    p.add_argument("--report", default="nbopt-report.html")
+    p.add_argument("--max-drop", type=float, default=0.01)
+    p.add_argument("--allow-failures", action="store_true", help="exit 0 even if a candidate failed")
+    args = parser.parse_args(argv)
+    return {"demo": demo}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

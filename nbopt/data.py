@@ -1,0 +1,411 @@
+"""Calibration and evaluation data: every accepted form loads through Hugging Face ``datasets``.
+
+``load(obj)`` returns a ``Data``: one Arrow-backed dataset (memory-mapped from disk, or streamed for an
+``IterableDataset``) that yields batches of named numpy inputs and optional labels. Backends convert
+those batches into their own format. Nothing here reaches the network.
+"""
+from __future__ import annotations
+
+import atexit
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .errors import NboptError
+
+# Offline always: set before ``datasets`` is first imported (it reads these at import time).
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+LABEL_NAMES = ("label", "labels", "target", "y")
+SINGLE_INPUT = "input"
+_TABULAR_SUFFIXES = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".json": "json", ".jsonl": "json"}
+_scratch: Path | None = None
+
+
+@dataclass
+class Data:
+    """Examples with named inputs and optional labels, read in batches."""
+
+    ds: Any  # datasets.Dataset (numpy format) or datasets.IterableDataset
+    input_names: list[str]
+    label_name: str | None
+    fingerprint: str
+
+    @property
+    def single_input(self) -> bool:
+        """True when each example is one array (fed positionally), not a dict of named arrays."""
+        return self.input_names == [SINGLE_INPUT]
+
+    @property
+    def has_labels(self) -> bool:
+        return self.label_name is not None
+
+    @property
+    def streaming(self) -> bool:
+        return not hasattr(self.ds, "__len__")
+
+    @property
+    def num_examples(self) -> int | None:
+        return None if self.streaming else len(self.ds)
+
+    def __len__(self) -> int:
+        if self.streaming:
+            return sum(len(next(iter(b.values()))) for b, _ in self.batches(256))
+        return len(self.ds)
+
+    def batches(self, batch_size: int = 64) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
+        """Yield (inputs, labels) batches; labels is None without a label column."""
+        for batch in self.ds.iter(batch_size=batch_size):
+            inputs = {name: _stack(name, batch[name]) for name in self.input_names}
+            labels = np.asarray(batch[self.label_name]) if self.label_name else None
+            yield inputs, labels
+
+    def example(self, n: int = 1) -> dict[str, np.ndarray]:
+        """The first ``n`` examples' inputs, batched."""
+        return next(self.batches(n))[0]
+
+    def labels(self) -> np.ndarray | None:
+        """All labels (one column, small) or None."""
+        if not self.label_name:
+            return None
+        if self.streaming:
+            return np.concatenate([lab for _, lab in self.batches(1024)])
+        return np.asarray(self.ds[self.label_name])
+
+    def sample(self, n: int, seed: int = 0) -> "Data":
+        """``n`` examples, seeded, stratified by label when labels exist (calibration sampling)."""
+        if self.streaming:
+            ds = self.ds.shuffle(seed=seed, buffer_size=max(1000, 4 * n)).take(n)
+            return Data(ds, self.input_names, self.label_name, _hash_text(self.fingerprint, "sample", n, seed))
+        total = len(self.ds)
+        if n >= total:
+            return self
+        idx = _sample_indices(total, n, seed, self.labels())
+        return Data(self.ds.select(idx), self.input_names, self.label_name,
+                    _hash_text(self.fingerprint, "sample", n, seed))
+
+
+def load(obj: Any, role: str = "eval") -> Data:
+    """Load any accepted form (see DESIGN.md) into a ``Data``. ``role`` picks a split of a DatasetDict."""
+    if isinstance(obj, Data):
+        return obj
+    if obj is None:
+        raise NboptError(f"No {role} data was given: pass {role}=... (arrays, a Dataset, a DataFrame, "
+                         "a DataLoader, a file or a folder).")
+    with _quiet_datasets():
+        data = _from_hf(_to_hf(obj, role))
+    if not data.streaming and len(data.ds) == 0:
+        raise NboptError(f"The {role} data is empty: give at least one example.")
+    return data
+
+
+@contextmanager
+def _quiet_datasets():
+    """datasets' own progress bars would clutter the notebook for the seconds a load takes."""
+    import datasets
+
+    was_disabled = datasets.utils.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
+
+
+# -- turning each form into a datasets.Dataset --------------------------------------------------------
+def _to_hf(obj: Any, role: str):
+    import datasets
+
+    if isinstance(obj, (datasets.Dataset, datasets.IterableDataset)):
+        return obj
+    if isinstance(obj, datasets.DatasetDict):
+        return _pick_split(obj, role)
+    if isinstance(obj, (str, Path)):
+        return _from_path(Path(obj))
+    mod = type(obj).__module__
+    if mod.startswith("pandas"):
+        if len(obj) == 0:
+            raise NboptError(f"The {role} DataFrame is empty: give at least one row.")
+        return datasets.Dataset.from_pandas(obj, preserve_index=False)
+    if mod.startswith("tensorflow"):
+        return _from_examples(_tf_examples(obj))
+    if mod.startswith("torch.utils.data"):
+        return _from_examples(_torch_examples(obj))
+    if isinstance(obj, tuple):
+        if len(obj) != 2:
+            raise NboptError(f"A {role} tuple must be (inputs, labels); got {len(obj)} items.")
+        return _from_examples(_array_examples(*obj))
+    if isinstance(obj, dict) or _is_array(obj):
+        return _from_examples(_array_examples(obj, None))
+    raise NboptError(f"nbopt cannot read {role} data of type {type(obj).__name__}: give arrays, (inputs, "
+                     "labels), a datasets.Dataset, a DataFrame, a torch Dataset/DataLoader, a tf.data.Dataset, "
+                     "or a path to a CSV / Parquet / JSON file or an image folder.")
+
+
+def _pick_split(dd, role: str):
+    order = ("train", "calibration", "validation", "test") if role == "calib" else (
+        "validation", "test", "eval", "train")
+    for name in order:
+        if name in dd:
+            return dd[name]
+    return dd[next(iter(dd))]
+
+
+def _from_path(path: Path):
+    import datasets
+
+    if not path.exists():
+        raise NboptError(f"Data path '{path}' does not exist: check the path.")
+    if path.is_dir():
+        ds = datasets.load_dataset("imagefolder", data_dir=str(path), split="train")
+        return _images_to_arrays(ds)
+    builder = _TABULAR_SUFFIXES.get(path.suffix.lower())
+    if builder is None:
+        raise NboptError(f"Cannot read data file '{path.name}': use a .csv, .parquet, .json or .jsonl file, "
+                         "or an image folder.")
+    kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+
+
+def _images_to_arrays(ds):
+    """Image columns become float32 CHW arrays in [0, 1] (PyTorch's layout)."""
+    import datasets
+
+    image_cols = [k for k, f in ds.features.items() if isinstance(f, datasets.Image)]
+    if not image_cols:
+        return ds
+
+    def convert(batch):
+        for col in image_cols:
+            arrays = [np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0 for img in batch[col]]
+            batch[col] = [a.transpose(2, 0, 1) for a in arrays]
+        return batch
+
+    ds = ds.map(convert, batched=True, batch_size=64)
+    renames = {image_cols[0]: SINGLE_INPUT} if len(image_cols) == 1 and SINGLE_INPUT not in ds.features else {}
+    return ds.rename_columns(renames) if renames else ds
+
+
+def _from_examples(examples: Iterator[dict[str, np.ndarray]]):
+    """Write examples to an Arrow file in a scratch folder (memory-mapped, not held in memory)."""
+    import datasets
+
+    examples = iter(examples)
+    try:
+        first = next(examples)
+    except StopIteration:
+        raise NboptError("The data is empty: give at least one example.") from None
+    features = datasets.Features({k: _feature(k, v) for k, v in first.items()})
+    digest = hashlib.blake2b(digest_size=16)
+
+    def gen():
+        for ex in _chain(first, examples):
+            for key in sorted(ex):
+                _check_shape(key, ex[key], first[key])
+                digest.update(np.ascontiguousarray(ex[key]).tobytes())
+            yield ex
+
+    try:
+        ds = datasets.Dataset.from_generator(gen, features=features, cache_dir=str(_scratch_dir()),
+                                             fingerprint=uuid.uuid4().hex)
+    except datasets.exceptions.DatasetGenerationError as exc:
+        if isinstance(exc.__cause__, NboptError):  # our own check, raised inside the writer
+            raise exc.__cause__ from None
+        raise
+    ds._nbopt_fingerprint = digest.hexdigest()
+    return ds
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def _feature(name: str, value: np.ndarray):
+    import datasets
+
+    value = np.asarray(value)
+    dtype = str(value.dtype)
+    if value.ndim == 0:
+        return datasets.Value(dtype)
+    if value.ndim == 1:
+        return datasets.List(datasets.Value(dtype), length=value.shape[0])
+    if value.ndim > 5:
+        raise NboptError(f"Input '{name}' has {value.ndim} dimensions per example; nbopt handles up to 5.")
+    cls = getattr(datasets, f"Array{value.ndim}D")
+    return cls(shape=value.shape, dtype=dtype)
+
+
+def _check_shape(name: str, value: np.ndarray, first: np.ndarray) -> None:
+    if np.shape(value) != np.shape(first):
+        raise NboptError(f"Examples of '{name}' differ in shape ({np.shape(first)} then {np.shape(value)}): "
+                         "pad or resize them to one shape.")
+
+
+def _is_array(obj: Any) -> bool:
+    return isinstance(obj, np.ndarray) or type(obj).__module__.startswith("torch") and hasattr(obj, "numpy")
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    elif hasattr(value, "numpy") and not isinstance(value, np.ndarray):
+        value = value.numpy()
+    arr = np.asarray(value)
+    if arr.dtype == np.float64:
+        arr = arr.astype(np.float32)  # models run in float32; float64 data is almost always accidental
+    return arr
+
+
+def _array_examples(inputs: Any, labels: Any) -> Iterator[dict[str, np.ndarray]]:
+    named = {str(k): _as_numpy(v) for k, v in inputs.items()} if isinstance(inputs, dict) else {
+        SINGLE_INPUT: _as_numpy(inputs)}
+    counts = {k: (len(v) if v.ndim else 0) for k, v in named.items()}
+    if any(c == 0 for c in counts.values()):
+        raise NboptError("The data has no examples (an empty or 0-dimensional array): give one row per example.")
+    if len(set(counts.values())) > 1:
+        raise NboptError(f"Inputs have different numbers of examples: {counts}.")
+    n = next(iter(counts.values()))
+    lab = None
+    if labels is not None:
+        lab = _as_numpy(labels)
+        if len(lab) != n:
+            raise NboptError(f"The data has {n} inputs but {len(lab)} labels: give one label per example.")
+    for i in range(n):
+        ex = {k: v[i] for k, v in named.items()}
+        if lab is not None:
+            ex["label"] = lab[i]
+        yield ex
+
+
+def _split_item(item: Any) -> dict[str, np.ndarray]:
+    if isinstance(item, dict):
+        return {str(k): _as_numpy(v) for k, v in item.items()}
+    if isinstance(item, (tuple, list)):
+        if len(item) == 1:
+            return {SINGLE_INPUT: _as_numpy(item[0])}
+        if len(item) != 2:
+            raise NboptError(f"Each example must be (input, label) or a dict; got {len(item)} items.")
+        x, y = item
+        ex = {str(k): _as_numpy(v) for k, v in x.items()} if isinstance(x, dict) else {SINGLE_INPUT: _as_numpy(x)}
+        ex["label"] = _as_numpy(y)
+        return ex
+    return {SINGLE_INPUT: _as_numpy(item)}
+
+
+def _unbatch(batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+    n = len(next(iter(batch.values())))
+    for i in range(n):
+        yield {k: v[i] for k, v in batch.items()}
+
+
+def _torch_examples(obj: Any) -> Iterator[dict[str, np.ndarray]]:
+    from torch.utils.data import DataLoader
+
+    batched = isinstance(obj, DataLoader) and obj.batch_size is not None
+    for item in obj:
+        ex = _split_item(item)
+        yield from (_unbatch(ex) if batched else [ex])
+
+
+def _tf_examples(obj: Any) -> Iterator[dict[str, np.ndarray]]:
+    spec = obj.element_spec
+    first = spec[0] if isinstance(spec, tuple) else spec
+    first = next(iter(first.values())) if isinstance(first, dict) else first
+    batched = len(first.shape) > 0 and first.shape[0] is None
+    for item in obj.as_numpy_iterator():
+        ex = _split_item(item)
+        yield from (_unbatch(ex) if batched else [ex])
+
+
+# -- one internal form -------------------------------------------------------------------------------
+def _from_hf(ds) -> Data:
+    import datasets
+
+    columns = list(ds.features or {}) if ds.features is not None else list(next(iter(ds)).keys())
+    if ds.features is not None and any(isinstance(f, datasets.Image) for f in ds.features.values()):
+        ds = _images_to_arrays(ds)
+        columns = list(ds.features)
+    label = next((c for c in LABEL_NAMES if c in columns), None)
+    inputs = [c for c in columns if c != label]
+    if not inputs:
+        raise NboptError("The data has no input columns, only labels.")
+    if len(inputs) > 1 and _all_scalar(ds, inputs):
+        ds = _stack_tabular(ds, inputs, label)
+        inputs = [SINGLE_INPUT]
+    elif len(inputs) == 1 and inputs[0] != SINGLE_INPUT:
+        ds = ds.rename_column(inputs[0], SINGLE_INPUT)
+        inputs = [SINGLE_INPUT]
+    fingerprint = getattr(ds, "_nbopt_fingerprint", None) or getattr(ds, "_fingerprint", None) or uuid.uuid4().hex
+    if hasattr(ds, "with_format"):
+        ds = ds.with_format("numpy")
+    return Data(ds, inputs, label, str(fingerprint))
+
+
+def _all_scalar(ds, columns: list[str]) -> bool:
+    import datasets
+
+    feats = ds.features or {}
+    return all(isinstance(feats.get(c), datasets.Value) for c in columns)
+
+
+def _stack_tabular(ds, columns: list[str], label: str | None):
+    """Numeric feature columns (CSV, DataFrame) become one float32 vector per row."""
+    def stack(batch):
+        return {SINGLE_INPUT: np.stack([np.asarray(batch[c], dtype=np.float32) for c in columns], axis=1)}
+
+    try:
+        return ds.map(stack, batched=True, remove_columns=columns)
+    except (ValueError, TypeError) as exc:
+        raise NboptError(f"Columns {columns} are not all numeric ({exc}); keep only numeric feature columns "
+                         "and a 'label' column.") from None
+
+
+def _stack(name: str, values: Any) -> np.ndarray:
+    arr = values if isinstance(values, np.ndarray) else np.asarray(values)
+    if arr.dtype == object:
+        try:
+            arr = np.stack([np.asarray(v) for v in values])
+        except ValueError:
+            raise NboptError(f"Examples of input '{name}' differ in length: pad them to one length "
+                             "(e.g. tokenizer(..., padding='max_length')).") from None
+    if arr.dtype == np.float64:
+        arr = arr.astype(np.float32)
+    return arr
+
+
+def _sample_indices(total: int, n: int, seed: int, labels: np.ndarray | None) -> list[int]:
+    rng = np.random.default_rng(seed)
+    if labels is None or labels.dtype.kind == "f":
+        return sorted(rng.choice(total, size=n, replace=False).tolist())
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(total)
+    try:
+        picked, _ = train_test_split(idx, train_size=n, random_state=seed, stratify=labels)
+    except ValueError:  # a class too rare to stratify: fall back to a plain seeded draw
+        picked = rng.choice(total, size=n, replace=False)
+    return sorted(np.asarray(picked).tolist())
+
+
+def _hash_text(*parts: Any) -> str:
+    return hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=16).hexdigest()
+
+
+def _scratch_dir() -> Path:
+    """A per-process folder for Arrow files of in-memory data; removed at exit."""
+    global _scratch
+    if _scratch is None:
+        _scratch = Path(tempfile.mkdtemp(prefix="nbopt-data-"))
+        atexit.register(shutil.rmtree, _scratch, ignore_errors=True)
+    return _scratch

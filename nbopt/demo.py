@@ -1,0 +1,68 @@
+"""Built-in demo: scikit-learn's digits (shipped inside the package, no download) and a small CNN.
+
+``python -m nbopt demo`` trains the CNN for a few seconds, runs the default sweep and writes a report.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def digits_arrays(seed: int = 0, val_fraction: float = 0.3):
+    """(Xtr, ytr, Xval, yval): float32 images (N, 1, 8, 8) in [0, 1] and int64 labels, stratified split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
+    y = digits.target.astype(np.int64)
+    xtr, xval, ytr, yval = train_test_split(x, y, test_size=val_fraction, random_state=seed, stratify=y)
+    return xtr, ytr, xval, yval
+
+
+def _digits_cnn_class():
+    import torch.nn as nn
+
+    class DigitsCNN(nn.Module):
+        """conv-conv-linear-linear: small enough to train in seconds, big enough to quantize and prune."""
+
+        def __init__(self, width: int = 32, hidden: int = 128):
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(1, width, 3, padding=1), nn.ReLU(),
+                nn.Conv2d(width, width * 2, 3, padding=1), nn.ReLU(),
+                nn.MaxPool2d(2),
+            )
+            self.classifier = nn.Sequential(
+                nn.Flatten(), nn.Linear(width * 2 * 16, hidden), nn.ReLU(), nn.Linear(hidden, 10),
+            )
+
+        def forward(self, x):
+            return self.classifier(self.features(x))
+
+    return DigitsCNN
+
+
+def __getattr__(name: str):
+    # DigitsCNN is built on first use so that importing nbopt.demo does not import torch.
+    if name == "DigitsCNN":
+        return _digits_cnn_class()
+    raise AttributeError(name)
+
+
+def train_digits_cnn(epochs: int = 8, seed: int = 0, width: int = 32, hidden: int = 128, data=None):
+    """Train a DigitsCNN on the digits training split; returns the model in eval mode."""
+    import torch
+
+    torch.manual_seed(seed)
+    xtr, ytr, _, _ = data if data is not None else digits_arrays(seed)
+    model = _digits_cnn_class()(width, hidden)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    x, y = torch.from_numpy(xtr), torch.from_numpy(ytr)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=gen).split(64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval()

@@ -1,0 +1,430 @@
+"""The study: a baseline per backend, the recipe grid, one result row per candidate, the Pareto front.
+
+``optimize(...)`` is ``Study(...).run()``. Construction checks everything the user gave (model, data,
+metric, backends, recipes, parameters) so that mistakes surface at once as one ``NboptError``; ``run()``
+then builds, measures and stores each candidate, emitting events that the views follow.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import threading
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from . import __version__
+from .backends import default_backends, get_backend, model_kind
+from .backends.base import Artifact, Backend, Context
+from .data import Data, load
+from .errors import CandidateError, NboptError
+from .evaluator import LatencySettings, measure
+from .metrics import Metric, get_metric
+from .pareto import OBJECTIVES, pareto_mask, resolve
+from .recipes import MONOTONE_PARAMS, RECIPE_NAMES, Recipe, parse_recipes
+from .store import Store, candidate_key
+
+COLUMNS = ["name", "backend", "recipe", "params", "format", "status", "error", "size_bytes", "size_ratio",
+           "size_compressed_bytes", "accuracy", "accuracy_drop", "latency_ms", "latency_p90_ms",
+           "peak_memory_mb", "threads", "batch_size", "notes", "artifact_path"]
+BASELINE = Recipe("baseline")
+Callback = Callable[[str, dict], None]
+
+
+@dataclass
+class Planned:
+    backend: str
+    recipe: Recipe
+    skip_reason: str = ""  # set when this backend has no such recipe
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}:{self.recipe.label}"
+
+
+@dataclass
+class Candidate:
+    """One row of the study with its artifact. ``export`` writes the deployable file and a model card."""
+
+    row: dict
+    study: "Study" = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.row["name"]
+
+    def export(self, path: str | Path) -> Path:
+        from .export import export_candidate
+
+        return export_candidate(self, Path(path))
+
+
+class Study:
+    def __init__(self, model: Any, calib: Any = None, eval: Any = None, metric: str | Callable = "accuracy",
+                 recipes: Iterable[Any] | None = None, backends: Sequence[str] | None = None,
+                 max_accuracy_drop: float | None = None, store: str | Path | None = ".nbopt",
+                 objectives: Sequence[str] = ("size", "accuracy"), n_calib: int = 256, seed: int = 0,
+                 callbacks: Iterable[Callback] = (), progress: bool = True, measure_memory: bool = True,
+                 latency: LatencySettings | None = None):
+        self.metric: Metric = get_metric(metric)
+        self.objectives = tuple(objectives)
+        resolve(self.objectives, True)  # unknown objective names fail now
+        if max_accuracy_drop is not None and not (isinstance(max_accuracy_drop, (int, float)) and max_accuracy_drop >= 0):
+            raise NboptError(f"max_accuracy_drop must be a number >= 0, got {max_accuracy_drop!r}.")
+        if not isinstance(n_calib, int) or n_calib < 1:
+            raise NboptError(f"n_calib must be a positive integer, got {n_calib!r}.")
+        self.max_accuracy_drop = max_accuracy_drop
+        self.seed, self.progress, self.measure_memory = seed, progress, measure_memory
+        self.latency = latency or LatencySettings()
+        self.eval_data: Data = load(eval, role="eval")
+        if self.metric.needs_labels and not self.eval_data.has_labels:
+            raise NboptError(f"Metric '{self.metric.name}' needs labels but the eval data has none: pass "
+                             "(inputs, labels) or use metric='agreement' / 'cosine' to compare with the baseline.")
+        self.calib_data: Data | None = load(calib, role="calib").sample(n_calib, seed) if calib is not None else None
+        self.backends: dict[str, Backend] = self._backends(model, backends)
+        self.model = model
+        self._prepared = {name: b.prepare(model, self.eval_data) for name, b in self.backends.items()}
+        self._model_fp = {name: b.fingerprint(model) for name, b in self.backends.items()}
+        self.plan: list[Planned] = self._plan(parse_recipes(recipes))
+        self.store = Store(store) if store is not None else None
+        self._scratch = None if store is not None else Store(_tempdir())
+        self.candidates: list[Candidate] = []
+        self._callbacks: list[Callback] = list(callbacks)
+        self._stop = threading.Event()
+        self._baseline_rows: dict[str, dict] = {}
+        self._baseline_outputs: dict[str, np.ndarray] = {}
+        self.stopped = False
+        self.sensitivity: dict[str, Any] = {}
+
+    # -- set-up ----------------------------------------------------------------------------------
+    def _backends(self, model: Any, names: Sequence[str] | None) -> dict[str, Backend]:
+        model_kind(model)  # a clear error for an unusable model before anything else
+        if isinstance(names, str):
+            names = [names]
+        names = list(names) if names else default_backends(model)
+        out = {}
+        for name in names:
+            backend = get_backend(name)
+            if not backend.accepts(model):
+                raise NboptError(f"Backend '{name}' cannot take a {type(model).__name__}; for this model use "
+                                 f"backends={default_backends(model)}.")
+            out[name] = backend
+        return out
+
+    def _plan(self, recipes: list[Recipe] | None) -> list[Planned]:
+        plan: list[Planned] = []
+        for name, backend in self.backends.items():
+            chosen = recipes if recipes is not None else backend.default_recipes(self._prepared[name])
+            for recipe in chosen:
+                plan.append(self._planned(name, backend, recipe))
+        if recipes is not None:
+            self._check_known(recipes)
+        return _monotone_order(plan)
+
+    def _planned(self, name: str, backend: Backend, recipe: Recipe) -> Planned:
+        if recipe.name not in backend.handlers:
+            return Planned(name, recipe, f"backend '{name}' has no recipe '{recipe.name}'")
+        return Planned(name, backend.validate(recipe))
+
+    def _check_known(self, recipes: list[Recipe]) -> None:
+        known = set(RECIPE_NAMES).union(*(b.handlers for b in self.backends.values()))
+        for recipe in recipes:
+            if not any(recipe.name in b.handlers for b in self.backends.values()):
+                hint = "known recipes: " + ", ".join(sorted(known))
+                if recipe.name in RECIPE_NAMES:
+                    hint = f"backends {list(self.backends)} do not implement it; they know: " + ", ".join(
+                        sorted(set().union(*(b.handlers for b in self.backends.values()))))
+                raise NboptError(f"Unknown recipe '{recipe.name}'; {hint}.")
+
+    # -- events ----------------------------------------------------------------------------------
+    def on(self, callback: Callback) -> None:
+        self._callbacks.append(callback)
+
+    def _emit(self, event: str, payload: dict) -> None:
+        for cb in list(self._callbacks):
+            try:
+                cb(event, payload)
+            except Exception:  # a broken view must not break the sweep
+                warnings.warn(f"nbopt: a '{event}' callback failed:\n{traceback.format_exc(limit=3)}")
+
+    def stop(self) -> None:
+        """End the sweep after the running candidate; everything finished is kept."""
+        self._stop.set()
+
+    # -- the sweep -------------------------------------------------------------------------------
+    @property
+    def total(self) -> int:
+        return len(self.backends) + len(self.plan)
+
+    def run(self) -> "Study":
+        self._stop.clear()
+        self.stopped = False
+        self._emit("study_started", {"total": self.total})
+        bar = _progress_bar(self.total) if self.progress else None
+        broken: set[tuple] = set()
+        try:
+            for name in self.backends:
+                self._record(self._baseline(name), bar)
+            for item in self.plan:
+                if self._stop.is_set():
+                    self.stopped = True
+                    break
+                row = self._skip_row(item, broken) or self._candidate(item)
+                self._record(row, bar)
+                if self._breaks_budget(row):
+                    broken.add(_monotone_group(item))
+        except KeyboardInterrupt:
+            self.stopped = True
+            warnings.warn("nbopt: sweep interrupted; the finished candidates are kept (and stored).")
+        finally:
+            if bar is not None:
+                bar.close()
+        self._emit("study_finished", {"stopped": self.stopped})
+        return self
+
+    def _record(self, row: dict, bar) -> None:
+        self.candidates.append(Candidate(row, self))
+        event = "candidate_failed" if row["status"] == "failed" else "candidate_finished"
+        self._emit(event, {"row": _public(row)})
+        if bar is not None:
+            bar.set_postfix_str(row["name"][:40])
+            bar.update(1)
+
+    def _baseline(self, name: str) -> dict:
+        row = self._build(Planned(name, BASELINE))
+        self._baseline_rows[name] = row
+        return row
+
+    def _candidate(self, item: Planned) -> dict:
+        row = self._build(item)
+        base = self._baseline_rows.get(item.backend, {})
+        if row["status"] == "ok" and base.get("status") == "ok":
+            row["size_ratio"] = row["size_bytes"] / base["size_bytes"]
+            row["accuracy_drop"] = self.metric.drop(row["accuracy"], base["accuracy"])
+        return row
+
+    def _key(self, item: Planned) -> str:
+        backend = self.backends[item.backend]
+        return candidate_key(model=self._model_fp[item.backend], calib=getattr(self.calib_data, "fingerprint", None),
+                             eval=self.eval_data.fingerprint, metric=_metric_id(self.metric),
+                             backend=item.backend, recipe=item.recipe.name, params=item.recipe.params_json(),
+                             versions=backend.versions(), nbopt=__version__, latency=vars(self.latency),
+                             memory=self.measure_memory)
+
+    def _build(self, item: Planned) -> dict:
+        """Reuse a stored row, or build the artifact, measure it and store the row."""
+        key = self._key(item)
+        store = self.store or self._scratch
+        cached = store.get(key)
+        if cached is not None:
+            self._emit("candidate_started", self._started(item, cached=True))
+            self._restore_outputs(item, cached)
+            return cached
+        self._emit("candidate_started", self._started(item, cached=False))
+        row = _empty_row(item)
+        workdir = store.workdir()
+        t0 = time.perf_counter()
+        try:
+            artifact = self._artifact(item, workdir)
+            final = store.commit_files(key, workdir)
+            artifact = _rebase(artifact, workdir, final)
+            self._measure(item, artifact, row, final)
+        except KeyboardInterrupt:
+            store.discard(workdir)
+            raise
+        except Exception as exc:  # a failed candidate is a row with its error, not a crash
+            store.discard(workdir)
+            row.update(status="failed", error=_one_line(exc))
+        row["build_seconds"] = round(time.perf_counter() - t0, 3)
+        store.put(key, row)
+        return row
+
+    def _artifact(self, item: Planned, workdir: Path) -> Artifact:
+        backend = self.backends[item.backend]
+        prepared = self._prepared[item.backend]
+        ctx = Context(workdir=workdir, calib=self.calib_data, seed=self.seed)
+        if item.recipe is BASELINE:
+            return backend.baseline(prepared, ctx)
+        return backend.apply(prepared, item.recipe, ctx)
+
+    def _measure(self, item: Planned, artifact: Artifact, row: dict, folder: Path) -> None:
+        backend = self.backends[item.backend]
+        reference = self._baseline_outputs.get(item.backend)
+        m = measure(backend, artifact, self.eval_data, self.metric, reference, self.latency, self.measure_memory)
+        if item.recipe is BASELINE:
+            self._baseline_outputs[item.backend] = m.outputs
+            np.save(folder / "baseline_outputs.npy", m.outputs)
+            if self.metric.vs_baseline:
+                m.value = self.metric(m.outputs, m.outputs)
+        info = {k: v for k, v in artifact.info.items() if isinstance(v, (str, int, float, bool)) or v is None}
+        row.update(info)
+        row.update(status="ok", format=artifact.format, size_bytes=artifact.size_bytes,
+                   accuracy=m.value, latency_ms=m.latency_ms, latency_p90_ms=m.latency_p90_ms,
+                   peak_memory_mb=m.peak_memory_mb, threads=m.threads, batch_size=m.batch_size,
+                   notes=artifact.notes, artifact_path=str(artifact.path),
+                   artifact_files=[str(f) for f in artifact.files])
+        if item.recipe is BASELINE:
+            row.update(size_ratio=1.0, accuracy_drop=0.0)
+
+    def _restore_outputs(self, item: Planned, row: dict) -> None:
+        if item.recipe is BASELINE and row.get("status") == "ok":
+            saved = Path(row["artifact_path"]).parent / "baseline_outputs.npy"
+            if saved.exists():
+                self._baseline_outputs[item.backend] = np.load(saved)
+
+    def _started(self, item: Planned, cached: bool) -> dict:
+        return {"index": len(self.candidates), "name": item.name, "backend": item.backend,
+                "recipe": item.recipe.name, "params": dict(item.recipe.params), "cached": cached}
+
+    def _skip_row(self, item: Planned, broken: set) -> dict | None:
+        reason = item.skip_reason
+        if not reason and _monotone_group(item) in broken:
+            param = MONOTONE_PARAMS[item.recipe.name]
+            reason = (f"a smaller {param} already broke the accuracy budget of {self.max_accuracy_drop}, "
+                      f"so {param}={item.recipe.params[param]} was not tried")
+        if not reason:
+            return None
+        self._emit("candidate_started", self._started(item, cached=False))
+        row = _empty_row(item)
+        row.update(status="skipped", error=reason)
+        return row
+
+    def _breaks_budget(self, row: dict) -> bool:
+        drop = row.get("accuracy_drop")
+        return self.max_accuracy_drop is not None and drop is not None and drop > self.max_accuracy_drop
+
+    # -- reading the results ---------------------------------------------------------------------
+    @property
+    def results(self):
+        import pandas as pd
+
+        rows = [_public(c.row) for c in self.candidates]
+        extra = sorted({k for r in rows for k in r} - set(COLUMNS))
+        return pd.DataFrame(rows, columns=COLUMNS + extra)
+
+    def _objective_columns(self, objectives: Sequence[str] | None) -> list[tuple[str, str]]:
+        return resolve(objectives or self.objectives, self.metric.greater_is_better)
+
+    def pareto(self, objectives: Sequence[str] | None = None):
+        """The non-dominated ``ok`` rows for the objectives (default: the study's)."""
+        df = self.results
+        cols = self._objective_columns(objectives)
+        ok = df[df["status"] == "ok"]
+        mask = pareto_mask(ok[[c for c, _ in cols]].to_numpy(dtype=float), [s for _, s in cols])
+        return ok[mask].sort_values(cols[0][0])
+
+    def best(self, max_accuracy_drop: float | None = None, objective: str = "size") -> Candidate | None:
+        """The smallest (or fastest, ...) ok candidate within the accuracy budget; None if none fits."""
+        budget = self.max_accuracy_drop if max_accuracy_drop is None else max_accuracy_drop
+        column, _ = OBJECTIVES[objective]
+        best = None
+        for cand in self.candidates:
+            r = cand.row
+            if r["status"] != "ok" or r.get(column) is None:
+                continue
+            if budget is not None and (r.get("accuracy_drop") or 0.0) > budget:
+                continue
+            if best is None or r[column] < best.row[column]:
+                best = cand
+        return best
+
+    def plot(self, objectives: Sequence[str] | None = None):
+        from .plotting import pareto_figure
+
+        return pareto_figure(self, objectives)
+
+    def to_html(self, path: str | Path) -> Path:
+        from .report import write_report
+
+        return write_report(self, Path(path))
+
+    def _repr_html_(self) -> str:
+        return self.results.drop(columns=["artifact_path"])._repr_html_()
+
+    def __repr__(self) -> str:
+        ok = sum(c.row["status"] == "ok" for c in self.candidates)
+        return f"<nbopt.Study {len(self.candidates)} rows ({ok} ok) metric={self.metric.name}>"
+
+
+def optimize(model: Any, calib: Any = None, eval: Any = None, metric: str | Callable = "accuracy",
+             recipes: Iterable[Any] | None = None, backends: Sequence[str] | None = None,
+             max_accuracy_drop: float | None = None, store: str | Path | None = ".nbopt", **kwargs) -> Study:
+    """Run a sweep of optimization recipes on ``model`` and return the measured ``Study``."""
+    return Study(model, calib=calib, eval=eval, metric=metric, recipes=recipes, backends=backends,
+                 max_accuracy_drop=max_accuracy_drop, store=store, **kwargs).run()
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+def _empty_row(item: Planned) -> dict:
+    row = {c: None for c in COLUMNS}
+    row.update(name=item.name, backend=item.backend, recipe=item.recipe.name, params=dict(item.recipe.params),
+               error="")
+    return row
+
+
+def _public(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "artifact_files"}
+
+
+def _rebase(artifact: Artifact, old: Path, new: Path) -> Artifact:
+    move = lambda p: new / Path(p).resolve().relative_to(old.resolve())  # noqa: E731
+    return Artifact(move(artifact.path), artifact.format, [move(f) for f in artifact.files], artifact.notes,
+                    artifact.info)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    msg = text[0] if text else ""
+    kind = "" if isinstance(exc, (NboptError, CandidateError)) else f"{type(exc).__name__}: "
+    return (kind + msg)[:500] or type(exc).__name__
+
+
+def _metric_id(metric: Metric) -> str:
+    """Built-in metrics by name; a callable also by its bytecode, so editing it re-measures."""
+    code = getattr(metric.fn, "__code__", None)
+    if code is None or metric.fn.__module__ == "nbopt.metrics":
+        return metric.name
+    return f"{metric.name}:{hashlib.blake2b(code.co_code + repr(code.co_consts).encode()).hexdigest()[:16]}"
+
+
+def _monotone_group(item: Planned) -> tuple:
+    param = MONOTONE_PARAMS.get(item.recipe.name)
+    if param is None:
+        return ("", id(item))
+    rest = tuple(sorted((k, str(v)) for k, v in item.recipe.params.items() if k != param))
+    return (item.backend, item.recipe.name, rest)
+
+
+def _monotone_order(plan: list[Planned]) -> list[Planned]:
+    """Within a grid over a monotone parameter (pruning amount), try small values first."""
+    def key(pair):
+        i, item = pair
+        param = MONOTONE_PARAMS.get(item.recipe.name)
+        first = min(j for j, other in enumerate(plan) if _same_group(other, item)) if param else i
+        return (first, item.recipe.params.get(param, 0) if param else 0, i)
+
+    return [item for _, item in sorted(enumerate(plan), key=key)]
+
+
+def _same_group(a: Planned, b: Planned) -> bool:
+    return a.recipe.name in MONOTONE_PARAMS and _monotone_group(a) == _monotone_group(b)
+
+
+def _progress_bar(total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="nbopt", unit="candidate")
+
+
+def _tempdir() -> Path:
+    import atexit
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="nbopt-store-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
