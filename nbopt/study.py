@@ -121,15 +121,21 @@ class Study:
         for name, backend in self.backends.items():
             chosen = recipes if recipes is not None else backend.default_recipes(self._prepared[name])
             for recipe in chosen:
-                plan.append(self._planned(name, backend, recipe))
+                plan.append(self._planned(name, backend, recipe, explicit=recipes is not None))
         if recipes is not None:
             self._check_known(recipes)
         return _monotone_order(plan)
 
-    def _planned(self, name: str, backend: Backend, recipe: Recipe) -> Planned:
+    def _planned(self, name: str, backend: Backend, recipe: Recipe, explicit: bool) -> Planned:
         if recipe.name not in backend.handlers:
             return Planned(name, recipe, f"backend '{name}' has no recipe '{recipe.name}'")
-        return Planned(name, backend.validate(recipe))
+        recipe = backend.validate(recipe)
+        if backend.handlers[recipe.name].needs_calib and self.calib_data is None:
+            if explicit:  # asked for by name: the user forgot the data
+                raise NboptError(f"Recipe '{recipe.name}' needs calibration data: pass calib=... "
+                                 "(a few hundred training examples are enough).")
+            return Planned(name, recipe, "needs calibration data (pass calib=...)")
+        return Planned(name, recipe)
 
     def _check_known(self, recipes: list[Recipe]) -> None:
         known = set(RECIPE_NAMES).union(*(b.handlers for b in self.backends.values()))
@@ -299,6 +305,17 @@ class Study:
         return self.max_accuracy_drop is not None and drop is not None and drop > self.max_accuracy_drop
 
     # -- reading the results ---------------------------------------------------------------------
+    def sensitivity_table(self, backend: str = "onnx"):
+        """Per-layer sensitivity (which layers break accuracy when quantized), measured on the calibration
+        data: a DataFrame ranked most-sensitive first. Computed once, then cached."""
+        if backend not in self.backends or not hasattr(self.backends[backend], "sensitivity"):
+            have = [n for n, b in self.backends.items() if hasattr(b, "sensitivity")]
+            raise NboptError(f"No sensitivity analysis for backend '{backend}'; available for: {have or 'none'} "
+                             "(add 'onnx' to backends).")
+        if backend not in self.sensitivity:
+            self.sensitivity[backend] = self.backends[backend].sensitivity(self._prepared[backend], self.calib_data)
+        return self.sensitivity[backend]
+
     @property
     def results(self):
         import pandas as pd

@@ -1,0 +1,223 @@
+"""Torch backend, part 2: quantization (torchao ``quantize_`` configs and PT2E static int8).
+
+Every function returns the transformed module (or exported program) plus a plain count of what was
+quantized, so a row never calls a network int8 while its convolutions stayed fp32.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections import Counter
+
+from ..errors import CandidateError
+from .torch_export import export_dynamic_batch, export_static, import_torch, import_torchao, quiet, to_tensors
+
+LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
+
+
+def layer_counts(model) -> Counter:
+    """How many Linear / ConvNd modules the model has, by type name."""
+    torch = import_torch()
+    kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+    return Counter(type(m).__name__ if type(m).__name__ in LAYER_TYPES else _base(m, kinds)
+                   for m in model.modules() if isinstance(m, kinds))
+
+
+def _base(module, kinds) -> str:
+    for k in kinds:
+        if isinstance(module, k):
+            return k.__name__
+    return type(module).__name__
+
+
+def describe(quantized: Counter, total: Counter, dtype: str) -> str:
+    """'2/2 Linear (int8), 0/2 Conv2d (fp32)'."""
+    parts = []
+    for kind in LAYER_TYPES:
+        if total.get(kind):
+            q = quantized.get(kind, 0)
+            label = dtype if q == total[kind] else (f"{dtype}, rest fp32" if q else "fp32")
+            parts.append(f"{q}/{total[kind]} {kind} ({label})")
+    return ", ".join(parts) or "no Linear or Conv layers"
+
+
+# -- torchao quantize_ ------------------------------------------------------------------------------
+
+
+def torchao_quantize(model, config, filter_fn=None):
+    """``quantize_`` on a copy, then unwrap the tensor subclasses so ``torch.export`` sees plain ops.
+
+    Returns (module, Counter of quantized layer types).
+    """
+    import_torchao()
+    torch = import_torch()
+    from torchao.quantization import quantize_
+    from torchao.utils import unwrap_tensor_subclass
+
+    model = copy.deepcopy(model)
+    kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+    before = {name: type(m.weight) for name, m in model.named_modules() if isinstance(m, kinds)}
+    with quiet():
+        if filter_fn is None:
+            quantize_(model, config)
+        else:
+            quantize_(model, config, filter_fn=filter_fn)
+    quantized = Counter()
+    for name, m in model.named_modules():
+        if name in before and type(m.weight) is not before[name]:
+            quantized[_base(m, kinds)] += 1
+    with quiet():
+        unwrap_tensor_subclass(model)
+    return model, quantized
+
+
+def int8_weight_only_config():
+    import_torchao()
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    return Int8WeightOnlyConfig()
+
+
+def int8_dynamic_config():
+    """int8 dynamic activations, int8 per-channel weights: the torchao config XNNPACK lowers (qd8-qc8w)."""
+    torch = import_torch()
+    import_torchao()
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig
+    from torchao.quantization.granularity import PerAxis
+
+    return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
+
+
+def int4_config(group_size: int, activations: str):
+    torch = import_torch()
+    import_torchao()
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
+    from torchao.quantization.granularity import PerGroup
+
+    if activations == "int8":
+        return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(group_size))
+    return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group_size))
+
+
+def linear_divisible_by(group_size: int):
+    torch = import_torch()
+
+    def keep(module, fqn=""):
+        return isinstance(module, torch.nn.Linear) and module.in_features % group_size == 0
+
+    return keep
+
+
+# -- PT2E static int8 ----------------------------------------------------------------------------------
+
+
+def entropy_observer():
+    """HistogramObserver whose range is the KL-divergence (entropy) threshold, TensorRT style: the
+    histogram of |x| is clipped at the threshold whose 128-level quantization loses least information."""
+    import numpy as np
+
+    torch = import_torch()
+    from torchao.quantization.pt2e.observer import HistogramObserver
+
+    class EntropyObserver(HistogramObserver):
+        def _non_linear_param_search(self):
+            hist = self.histogram.detach().double().cpu().numpy()
+            lo, hi = float(self.min_val), float(self.max_val)
+            edges = np.linspace(lo, hi, len(hist) + 1)
+            centers = np.abs((edges[:-1] + edges[1:]) / 2)
+            top = max(abs(lo), abs(hi))
+            if top <= 0 or hist.sum() == 0:
+                return self.min_val, self.max_val
+            nbins, levels = 2048, 128
+            folded, fedges = np.histogram(centers, bins=nbins, range=(0, top), weights=hist)
+            best_kl, best_i = np.inf, nbins
+            for i in range(levels, nbins + 1, 16):
+                kept = folded[:i]
+                p = kept.copy()
+                p[-1] += folded[i:].sum()  # the reference keeps the clipped mass in its last bin
+                nonzero = kept > 0
+                q = np.zeros(i)  # the candidate: the kept bins merged into 128 levels, spread back
+                for chunk in np.array_split(np.arange(i), levels):
+                    nz = nonzero[chunk]
+                    if nz.any():
+                        q[chunk[nz]] = kept[chunk].sum() / nz.sum()
+                pn, qn = p / p.sum(), q / max(q.sum(), 1e-12)
+                mask = pn > 0
+                kl = float(np.sum(pn[mask] * np.log(pn[mask] / np.maximum(qn[mask], 1e-12))))
+                if kl < best_kl:
+                    best_kl, best_i = kl, i
+            threshold = float(fedges[best_i])
+            new_min = torch.tensor(max(lo, -threshold), dtype=self.min_val.dtype)
+            new_max = torch.tensor(min(hi, threshold), dtype=self.max_val.dtype)
+            return new_min, new_max
+
+    return EntropyObserver
+
+
+def xnnpack_quantizer(per_channel: bool, calibration: str):
+    """XNNPACKQuantizer, symmetric int8 (weights per channel or per tensor), activations observed by
+    ``calibration`` ("minmax": MinMaxObserver, "histogram": HistogramObserver, L2-error search,
+    "entropy": KL-divergence threshold on the histogram)."""
+    with quiet():
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+        from torchao.quantization.pt2e.observer import HistogramObserver, MinMaxObserver
+
+    config = get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=False)
+    observer = {"minmax": MinMaxObserver, "histogram": HistogramObserver}.get(calibration) or entropy_observer()
+    act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=observer.with_args(eps=2 ** -12))
+    config = dataclasses.replace(config, input_activation=act, output_activation=act)
+    quantizer = XNNPACKQuantizer()
+    quantizer.set_global(config)
+    return quantizer
+
+
+def pt2e_static(model, example: tuple, calib, input_names: list[str], per_channel: bool, calibration: str,
+                max_examples: int = 1024):
+    """Prepare (observers), calibrate on ``calib`` batches, convert; returns (module, stats)."""
+    torch = import_torch()
+    with quiet():
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    program = export_dynamic_batch(model, example)
+    batch = None if program is not None else len(example[0])
+    if program is None:
+        program = export_static(model, example)
+    with quiet():
+        prepared = prepare_pt2e(program.module(), xnnpack_quantizer(per_channel, calibration))
+    seen = 0
+    with torch.no_grad(), quiet():
+        for inputs, _ in calib.batches(64):
+            ordered = {k: inputs[k] for k in input_names}
+            n = len(next(iter(ordered.values())))
+            if batch is None:
+                prepared(*to_tensors(ordered))
+            else:
+                for i in range(n):
+                    prepared(*to_tensors({k: v[i:i + 1] for k, v in ordered.items()}))
+            seen += n
+            if seen >= max_examples:
+                break
+    if seen == 0:
+        raise CandidateError("The calibration data yielded no examples.")
+    with quiet():
+        converted = convert_pt2e(prepared)
+    return converted, {"calibrated_on": seen, "quantized": pt2e_counts(converted)}
+
+
+def pt2e_counts(graph_module) -> Counter:
+    """Conv / linear nodes whose weight comes out of a dequantize node (i.e. stored as int8)."""
+    kinds = {"conv1d": "Conv1d", "conv2d": "Conv2d", "conv3d": "Conv3d", "linear": "Linear",
+             "convolution": "Conv2d"}
+    found = Counter()
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        op = str(getattr(node.target, "__name__", node.target)).split(".")[0]
+        if op in kinds and len(node.args) > 1:
+            w = node.args[1]
+            if hasattr(w, "target") and "dequantize" in str(w.target):
+                found[kinds[op]] += 1
+    return found
