@@ -1,36 +1,72 @@
-"""Child process for peak-memory measurement: import the runtime, then load and run one artifact.
+"""Peak-memory probe: a helper process that imports a runtime once, then measures each artifact in a fork.
 
-Prints ``{"peak_memory_mb": ...}``: the peak RSS after loading and running, minus the RSS once the
-runtime is imported (so the interpreter and framework themselves are not counted).
+Answers each request with ``{"peak_memory_mb": ...}``: the peak resident memory while loading and running the artifact,
+minus the resident memory once the runtime is imported (the interpreter and framework are not counted).
+The kernel's high-water mark (VmHWM) is reset after the imports, so an import's transient peak does not
+count either.
 """
 import json
-import resource
 import sys
 
 import numpy as np
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * resource.getpagesize() / 2**20
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def main(spec: dict) -> None:
-    from nbopt.backends import get_backend
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+
+
+def measure(backend, spec: dict) -> dict:
     from nbopt.backends.base import Artifact
 
-    backend = get_backend(spec["backend"])
     example = dict(np.load(spec["example"]))
-    backend.warm_imports() if hasattr(backend, "warm_imports") else None
-    before = _rss_mb()
+    _reset_peak()
+    before = _status_mb("VmRSS")
     artifact = Artifact(spec["path"], spec["format"], spec["files"], info=spec.get("info", {}))
     runner = backend.load(artifact)
     for _ in range(5):
         runner(example)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"peak_memory_mb": max(peak - before, 0.0)}))
+    return {"peak_memory_mb": max(_status_mb("VmHWM") - before, 0.0)}
+
+
+def serve(backend_name: str) -> None:
+    """Import the runtime once, then fork a fresh child per request line (a spec as JSON on stdin).
+
+    Forking from this idle, already-imported process gives each artifact a clean process in milliseconds
+    instead of seconds of imports. The parent never runs a model, so no runtime thread pool is forked.
+    """
+    import os
+
+    from nbopt.backends import get_backend
+
+    backend = get_backend(backend_name)
+    backend.warm_imports()
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child
+            os.close(read)
+            try:
+                result = measure(backend, json.loads(line))
+            except BaseException as exc:  # noqa: BLE001
+                result = {"error": f"{type(exc).__name__}: {exc}"}
+            os.write(write, json.dumps(result).encode())
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            answer = pipe.read()
+        os.waitpid(pid, 0)
+        print(answer or json.dumps({"error": "the probe process died"}), flush=True)
 
 
 if __name__ == "__main__":
-    main(json.loads(sys.argv[1]))
+    serve(sys.argv[1])

@@ -7,10 +7,12 @@ allocations cannot hide or inflate it.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,18 +87,60 @@ def measure(backend, artifact: Artifact, data: Data, metric: Metric, reference: 
 
 
 def peak_memory_mb(backend_name: str, artifact: Artifact, example: dict[str, np.ndarray]) -> float | None:
-    """Peak RSS growth (MiB) of loading the artifact and running it, in a fresh Python process."""
+    """Peak RSS growth (MiB) of loading the artifact and running it, in a fresh process (see _memprobe)."""
     with tempfile.TemporaryDirectory(prefix="nbopt-mem-") as tmp:
         feed = Path(tmp) / "example.npz"
         np.savez(feed, **example)
-        spec = json.dumps({"backend": backend_name, "path": str(artifact.path), "format": artifact.format,
-                           "files": [str(f) for f in artifact.files], "info": _jsonable(artifact.info),
-                           "example": str(feed)})
-        proc = subprocess.run([sys.executable, "-m", "nbopt._memprobe", spec], capture_output=True, text=True,
-                              timeout=300)
-    if proc.returncode != 0:
-        return None  # the table shows no figure rather than a wrong one
-    return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_memory_mb"])
+        spec = {"path": str(artifact.path), "format": artifact.format, "files": [str(f) for f in artifact.files],
+                "info": _jsonable(artifact.info), "example": str(feed)}
+        answer = _probe(backend_name).ask(spec)
+    return answer.get("peak_memory_mb")  # None on failure: the table shows no figure rather than a wrong one
+
+
+class _Probe:
+    """One long-lived probe process per backend; it forks a clean child per measurement."""
+
+    def __init__(self, backend_name: str):
+        self.proc = subprocess.Popen([sys.executable, "-m", "nbopt._memprobe", backend_name], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        self.lock = threading.Lock()
+        self.ready = self._read().get("ready", False)
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        try:
+            return json.loads(line)
+        except ValueError:
+            return {"error": "probe gave no answer"}
+
+    def ask(self, spec: dict) -> dict:
+        with self.lock:
+            if not self.ready or self.proc.poll() is not None:
+                return {"error": "probe not running"}
+            self.proc.stdin.write(json.dumps(spec) + "\n")
+            self.proc.stdin.flush()
+            return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=10)
+
+
+_probes: dict[str, _Probe] = {}
+
+
+def _probe(backend_name: str) -> _Probe:
+    probe = _probes.get(backend_name)
+    if probe is None or probe.proc.poll() is not None:
+        probe = _probes[backend_name] = _Probe(backend_name)
+    return probe
+
+
+@atexit.register
+def _close_probes() -> None:
+    for probe in _probes.values():
+        probe.close()
 
 
 def _jsonable(info: dict) -> dict:

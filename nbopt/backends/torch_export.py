@@ -13,6 +13,7 @@ narrows the memory plan to 15 examples; a batch-1 program is also what a phone r
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import warnings
 from dataclasses import dataclass
@@ -45,12 +46,15 @@ def quiet():
             lg.setLevel(lvl)
 
 
+@functools.lru_cache(maxsize=None)
 def import_torch():
+    """torch, imported once quietly (cached: runners call this on every inference)."""
     with quiet():
         import torch
     return torch
 
 
+@functools.lru_cache(maxsize=None)
 def import_torchao():
     with quiet():
         import torchao  # noqa: F401  (registers torch.ops.torchao.* used by quantized .pt2 files)

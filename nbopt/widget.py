@@ -1,0 +1,356 @@
+"""The nbopt panel: an anywidget that follows a Study live (Pareto plot, progress, table, export).
+
+The widget's traits are the single source of truth; the front end (``js/``, bundled into
+``nbopt/static/``) only draws them and writes back what the user changes (axis, budget, selection,
+recipe choice). Commands that make the kernel work (run, stop, export) arrive as messages.
+
+The sweep runs in a background thread, so the kernel stays free to handle Stop and the page stays
+responsive. That thread only updates traits: it never prints and never displays (output from threads
+lands in whatever cell happens to be running, in Jupyter as in Colab).
+"""
+from __future__ import annotations
+
+import contextvars
+import math
+import threading
+import time
+import traceback
+import weakref
+from pathlib import Path
+from typing import Any
+
+import anywidget
+import traitlets as t
+
+from .errors import NboptError
+
+_STATIC = Path(__file__).parent / "static"
+_AXES = ("size", "latency", "memory")
+_BUILD_HINT = ("nbopt's front end is not built (nbopt/static/widget.js is missing): run "
+               "`npm --prefix js ci && npm --prefix js run build` in the source tree.")
+
+# Panels whose sweep is running, so a later cell can wait for them (see ``wait_for_sweeps``).
+_RUNNING: "weakref.WeakSet[Panel]" = weakref.WeakSet()
+
+
+class Panel(anywidget.AnyWidget):
+    """Interactive panel: ``Panel(model, calib=..., eval=...)`` lets you choose recipes and backends and
+    Run; ``Panel.follow(study)`` (what ``%%optimize`` uses) follows a study as it runs.
+
+    Extra keyword arguments go to ``nbopt.Study`` (``metric``, ``max_accuracy_drop``, ``store``, ...).
+    """
+
+    _esm = _STATIC / "widget.js"
+    _css = _STATIC / "widget.css"
+
+    mode = t.Unicode("sweep").tag(sync=True)  # "setup": recipe/backend choice and a Run button
+    status = t.Unicode("idle").tag(sync=True)  # idle | running | stopping | done | stopped | error
+    message = t.Unicode("").tag(sync=True)
+    metric = t.Unicode("accuracy").tag(sync=True)
+    higher_is_better = t.Bool(True).tag(sync=True)
+    total = t.Int(0).tag(sync=True)
+    done = t.Int(0).tag(sync=True)
+    running = t.Unicode("").tag(sync=True)  # name of the running candidate
+    elapsed_s = t.Float(0.0).tag(sync=True)
+    durations = t.List(t.Float()).tag(sync=True)  # seconds per finished candidate (for the estimate)
+    rows = t.List(t.Dict()).tag(sync=True)  # study.results rows, JSON-safe, each with a stable "id"
+    x_axis = t.Enum(_AXES, default_value="size").tag(sync=True)
+    max_drop = t.Float(None, allow_none=True).tag(sync=True)  # accuracy budget (a drop); None: off
+    selected = t.Unicode("").tag(sync=True)  # id of the selected row
+    export_status = t.Dict().tag(sync=True)  # {"id", "path" | "error", "busy"}
+    available_recipes = t.List(t.Unicode()).tag(sync=True)
+    available_backends = t.List(t.Unicode()).tag(sync=True)
+    recipes = t.List(t.Unicode()).tag(sync=True)  # chosen in setup mode; empty: the default sweep
+    backends = t.List(t.Unicode()).tag(sync=True)  # chosen in setup mode; empty: the model's own
+    waiting = t.Bool(False).tag(sync=True)  # a later cell is waiting for this sweep
+    result_name = t.Unicode("").tag(sync=True)  # notebook variable the study is stored in when done
+
+    def __init__(self, model: Any = None, calib: Any = None, eval: Any = None, *, recipes: Any = None,
+                 backends: Any = None, **study_kwargs: Any):
+        if not _STATIC.joinpath("widget.js").exists():
+            raise NboptError(_BUILD_HINT)
+        super().__init__()
+        self.study = None
+        self.error: BaseException | None = None  # the exception that ended a sweep, if any
+        self._thread: threading.Thread | None = None
+        self._t0 = 0.0
+        self._started_at: float | None = None
+        self._lock = threading.Lock()
+        self._on_done: list = []
+        self._model, self._calib, self._eval = model, calib, eval
+        self._study_kwargs = study_kwargs
+        self._recipe_spec = recipes
+        self.on_msg(self._on_custom_msg)
+        if model is not None:
+            self._setup(model, recipes, backends)
+
+    # ------------------------------------------------------------------------------------ set-up
+    def _setup(self, model: Any, recipes: Any, backends: Any) -> None:
+        from .backends import BACKEND_NAMES, default_backends, get_backend
+        from .recipes import parse_recipes
+
+        usable, known = [], set()
+        for name in BACKEND_NAMES:
+            try:
+                backend = get_backend(name)
+            except NboptError:  # its packages are not installed
+                continue
+            if backend.accepts(model):
+                usable.append(name)
+                known.update(backend.handlers)
+        chosen_backends = [backends] if isinstance(backends, str) else list(backends or [])
+        names = [r.name for r in parse_recipes(recipes) or []]
+        self._recipe_names = list(dict.fromkeys(names))
+        metric = self._study_kwargs.get("metric", "accuracy")
+        with self.hold_sync():
+            self.mode = "setup"
+            self.available_backends = usable
+            self.available_recipes = sorted(known)
+            self.backends = chosen_backends or default_backends(model)
+            self.recipes = self._recipe_names
+            if isinstance(metric, str):
+                self.metric = metric
+                self.higher_is_better = metric not in ("mse", "mae")
+            objectives = self._study_kwargs.get("objectives") or ("size",)
+            if objectives[0] in _AXES:
+                self.x_axis = objectives[0]
+            self.max_drop = self._study_kwargs.get("max_accuracy_drop")
+
+    @classmethod
+    def follow(cls, study, *, result_name: str = "", on_done=None) -> "Panel":
+        """A panel that follows ``study`` (already constructed); call ``start()`` to run it."""
+        panel = cls()
+        panel._attach(study)
+        panel.result_name = result_name
+        if on_done is not None:
+            panel._on_done.append(on_done)
+        return panel
+
+    def _attach(self, study) -> None:
+        self.study = study
+        study.on(self._on_event)
+        objective = study.objectives[0] if study.objectives else "size"
+        with self.hold_sync():
+            self.metric = study.metric.name
+            self.higher_is_better = bool(study.metric.greater_is_better)
+            self.total = study.total
+            self.done = 0
+            self.rows = []
+            self.durations = []
+            self.selected = ""
+            self.export_status = {}
+            self.message = ""
+            self.status = "idle"
+            if objective in _AXES:
+                self.x_axis = objective
+            if study.max_accuracy_drop is not None:
+                self.max_drop = float(study.max_accuracy_drop)
+
+    # ------------------------------------------------------------------------------------ running
+    def start(self) -> "Panel":
+        """Run the attached study (or, in setup mode, a new one) in a background thread."""
+        with self._lock:
+            if self.is_running:
+                return self
+            self.error = None
+            self.status = "running"
+            self.message = ""
+            self._t0 = time.perf_counter()
+            ctx = contextvars.copy_context()  # stray output from the thread goes to this cell
+            self._thread = threading.Thread(target=ctx.run, args=(self._work,), name="nbopt-sweep", daemon=True)
+            _RUNNING.add(self)
+            self._thread.start()
+        return self
+
+    run = start
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self) -> None:
+        """End the sweep after the running candidate; everything finished is kept."""
+        if self.study is not None and self.is_running:
+            self.study.stop()
+            self.status = "stopping"
+
+    def wait(self, timeout: float | None = None) -> "Panel":
+        """Block until the sweep has finished (``KeyboardInterrupt`` stops it, then waits)."""
+        thread = self._thread
+        if thread is None:
+            return self
+        try:
+            thread.join(timeout)
+        except KeyboardInterrupt:
+            self.stop()
+            thread.join(timeout)
+        return self
+
+    def _work(self) -> None:
+        try:
+            if self.mode == "setup":
+                self._attach(self._new_study())
+                self.status = "running"
+                self._t0 = time.perf_counter()
+            self.study.run()
+        except BaseException as exc:  # noqa: BLE001 - reported in the panel, never printed
+            self.error = exc
+            text = str(exc).strip().splitlines()
+            first = text[0] if text else type(exc).__name__
+            self.message = first if isinstance(exc, NboptError) else f"{type(exc).__name__}: {first}"
+            self._traceback = traceback.format_exc()
+            self.status = "error"
+        finally:
+            _RUNNING.discard(self)
+            self._finish()
+
+    def _new_study(self):
+        from .study import Study
+
+        kwargs = dict(self._study_kwargs)
+        kwargs.setdefault("progress", False)
+        chosen = list(self.recipes)
+        recipes = self._recipe_spec if chosen == self._recipe_names and self._recipe_spec is not None else (chosen or None)
+        return Study(self._model, calib=self._calib, eval=self._eval, recipes=recipes,
+                     backends=list(self.backends) or None, **kwargs)
+
+    def _finish(self) -> None:
+        study = self.study
+        with self.hold_sync():
+            if study is not None:
+                self.rows = [_json_row(c.row, i) for i, c in enumerate(study.candidates)]
+                self.done = len(study.candidates)
+            self.running = ""
+            self.elapsed_s = round(time.perf_counter() - self._t0, 2)
+            if self.status != "error":
+                self.status = "stopped" if getattr(study, "stopped", False) else "done"
+        for fn in self._on_done:
+            try:
+                fn(self)
+            except Exception as exc:  # noqa: BLE001
+                self.message = f"{type(exc).__name__}: {exc}"
+
+    def _on_event(self, event: str, payload: dict) -> None:
+        """Study callback, called in the sweep thread: update traits, nothing else."""
+        now = time.perf_counter()
+        with self.hold_sync():
+            self.elapsed_s = round(now - self._t0, 2)
+            if event == "study_started":
+                self.total = int(payload.get("total", self.total))
+            elif event == "candidate_started":
+                self.running = str(payload.get("name", ""))
+                self._started_at = None if payload.get("cached") else now
+            elif event in ("candidate_finished", "candidate_failed"):
+                row = _json_row(payload["row"], len(self.rows))
+                self.rows = [*self.rows, row]
+                self.done = len(self.rows)
+                self.running = ""
+                if self._started_at is not None and row.get("status") != "skipped":
+                    self.durations = [*self.durations, round(now - self._started_at, 3)]
+                self._started_at = None
+
+    # ------------------------------------------------------------------------------------ messages
+    def _on_custom_msg(self, _widget, content: dict, _buffers) -> None:
+        kind = content.get("type")
+        if kind == "stop":
+            self.stop()
+        elif kind == "run" and self.mode == "setup":
+            self.start()
+        elif kind == "export":
+            self.export(str(content.get("id", "")), content.get("path") or None)
+
+    def export(self, row_id: str, path: str | None = None) -> Path | None:
+        """Write the artifact of row ``row_id`` (candidate.export) and say where in ``export_status``."""
+        self.export_status = {"id": row_id, "busy": True}
+        try:
+            cand = self._candidate(row_id)
+            target = Path(path) if path else self._default_export_path(cand)
+            written = cand.export(target)
+            self.export_status = {"id": row_id, "path": str(Path(written).resolve())}
+            return written
+        except Exception as exc:  # noqa: BLE001 - shown in the panel, one line
+            lines = str(exc).strip().splitlines()
+            text = lines[0] if lines else type(exc).__name__
+            if not isinstance(exc, NboptError):
+                text = f"{type(exc).__name__}: {text}"
+            self.export_status = {"id": row_id, "error": f"Export failed: {text}"}
+            return None
+
+    def _candidate(self, row_id: str):
+        if self.study is None:
+            raise NboptError("Nothing to export yet: run the study first.")
+        try:
+            return self.study.candidates[int(row_id)]
+        except (ValueError, IndexError):
+            raise NboptError(f"There is no candidate '{row_id}' in this study.") from None
+
+    @staticmethod
+    def _default_export_path(cand) -> Path:
+        """``nbopt_exports/<candidate name>`` next to the notebook; export adds the suffix."""
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in cand.name).strip("_")
+        return Path("nbopt_exports") / safe
+
+    # ------------------------------------------------------------------------------------ reading
+    @property
+    def selected_candidate(self):
+        """The candidate selected in the panel (click a point or a row), or None."""
+        if self.study is None or not self.selected:
+            return None
+        try:
+            return self._candidate(self.selected)
+        except NboptError:
+            return None
+
+    def best(self):
+        """``study.best`` for the budget set with the panel's slider."""
+        return None if self.study is None else self.study.best(self.max_drop)
+
+
+def wait_for_sweeps(*_args) -> None:
+    """``pre_run_cell`` hook: a cell run while a sweep is running waits for it to finish.
+
+    Without it, "Run all" would reach ``study.results`` before the study exists, and the cell's own
+    work would disturb the latency measurements. Interrupting the kernel stops the sweep instead
+    (after the running candidate); a second interrupt stops waiting.
+    """
+    for panel in list(_RUNNING):
+        if not panel.is_running:
+            continue
+        panel.waiting = True
+        try:
+            try:
+                panel._thread.join()
+            except KeyboardInterrupt:
+                panel.stop()
+                try:
+                    panel._thread.join()
+                except KeyboardInterrupt:
+                    pass
+        finally:
+            panel.waiting = False
+
+
+def _json_row(row: dict, index: int) -> dict:
+    out = {k: _json_value(v) for k, v in row.items() if k != "artifact_files"}
+    out["id"] = str(index)
+    return out
+
+
+def _json_value(v: Any) -> Any:
+    if v is None or isinstance(v, (bool, str)):
+        return v
+    if isinstance(v, int):
+        return int(v)
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {str(k): _json_value(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_value(x) for x in v]
+    item = getattr(v, "item", None)  # numpy scalars
+    if callable(item):
+        try:
+            return _json_value(item())
+        except (TypeError, ValueError):
+            pass
+    return str(v)
