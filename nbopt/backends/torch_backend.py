@@ -194,33 +194,34 @@ def _fp16(backend: TorchBackend, prepared: TorchPrepared, params: dict, ctx: Con
     return art
 
 
+def _torchao_linear(prepared: TorchPrepared, ctx: Context, config, recipe: str, how: str, hint: str = "") -> Artifact:
+    """A torchao ``quantize_`` recipe: it touches nn.Linear only, and the row says so."""
+    from . import torch_quant as tq
+
+    total = tq.layer_counts(prepared.module)
+    module, q = tq.torchao_quantize(prepared.module, config)
+    if not q:
+        raise CandidateError(f"{recipe} found no nn.Linear layer to quantize (torchao quantizes Linear layers "
+                             f"only){hint}.")
+    what = tq.describe(q, total, "int8")
+    return _build(module, prepared, ctx, info={"quantized": what}, notes=[f"{how}: {what}"])
+
+
 @TorchBackend.recipe("int8-dynamic")
 def _int8_dynamic(backend, prepared: TorchPrepared, params: dict, ctx: Context) -> Artifact:
     from . import torch_quant as tq
 
-    total = tq.layer_counts(prepared.module)
-    module, q = tq.torchao_quantize(prepared.module, tq.int8_dynamic_config())
-    if not q:
-        raise CandidateError("int8-dynamic found no nn.Linear layer to quantize (torchao quantizes Linear "
-                             "layers only); try int8-static, which covers convolutions.")
-    what = tq.describe(q, total, "int8")
-    return _build(module, prepared, ctx, info={"quantized": what},
-                  notes=[f"torchao Int8DynamicActivationIntxWeightConfig (int8 per-channel weights, "
-                         f"activations quantized at run time): {what}"])
+    return _torchao_linear(prepared, ctx, tq.int8_dynamic_config(), "int8-dynamic",
+                           "torchao Int8DynamicActivationIntxWeightConfig (int8 per-channel weights, activations "
+                           "quantized at run time)", "; try int8-static, which covers convolutions")
 
 
 @TorchBackend.recipe("int8-weight-only")
 def _int8_weight_only(backend, prepared: TorchPrepared, params: dict, ctx: Context) -> Artifact:
     from . import torch_quant as tq
 
-    total = tq.layer_counts(prepared.module)
-    module, q = tq.torchao_quantize(prepared.module, tq.int8_weight_only_config())
-    if not q:
-        raise CandidateError("int8-weight-only found no nn.Linear layer to quantize (torchao quantizes "
-                             "Linear layers only).")
-    what = tq.describe(q, total, "int8")
-    return _build(module, prepared, ctx, info={"quantized": what},
-                  notes=[f"torchao Int8WeightOnlyConfig (int8 weights, fp32 compute): {what}"])
+    return _torchao_linear(prepared, ctx, tq.int8_weight_only_config(), "int8-weight-only",
+                           "torchao Int8WeightOnlyConfig (int8 weights, fp32 compute)")
 
 
 @TorchBackend.recipe("int4-weight-only",
