@@ -346,9 +346,15 @@ class Study:
                 continue
             if budget is not None and (r.get("accuracy_drop") or 0.0) > budget:
                 continue
-            if best is None or r[column] < best.row[column]:
+            if best is None or self._better(r, best.row, column):
                 best = cand
         return best
+
+    def _better(self, a: dict, b: dict, column: str) -> bool:
+        """Smaller on the objective; on a tie, the more accurate one (as the panel's recommendation)."""
+        if a[column] != b[column]:
+            return a[column] < b[column]
+        return self.metric.drop(a["accuracy"], b["accuracy"]) < 0
 
     def plot(self, objectives: Sequence[str] | None = None):
         from .plotting import pareto_figure

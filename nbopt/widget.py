@@ -14,7 +14,6 @@ import contextvars
 import math
 import threading
 import time
-import traceback
 import weakref
 from pathlib import Path
 from typing import Any
@@ -71,7 +70,7 @@ class Panel(anywidget.AnyWidget):
             raise NboptError(_BUILD_HINT)
         super().__init__()
         self.study = None
-        self.error: BaseException | None = None  # the exception that ended a sweep, if any
+        self.error: BaseException | None = None  # what ended a sweep early (its traceback included)
         self._thread: threading.Thread | None = None
         self._t0 = 0.0
         self._started_at: float | None = None
@@ -101,16 +100,17 @@ class Panel(anywidget.AnyWidget):
         chosen_backends = [backends] if isinstance(backends, str) else list(backends or [])
         names = [r.name for r in parse_recipes(recipes) or []]
         self._recipe_names = list(dict.fromkeys(names))
-        metric = self._study_kwargs.get("metric", "accuracy")
+        from .metrics import get_metric
+
+        metric = get_metric(self._study_kwargs.get("metric", "accuracy"))  # an unknown name fails now
         with self.hold_sync():
             self.mode = "setup"
             self.available_backends = usable
             self.available_recipes = sorted(known)
             self.backends = chosen_backends or default_backends(model)
             self.recipes = self._recipe_names
-            if isinstance(metric, str):
-                self.metric = metric
-                self.higher_is_better = metric not in ("mse", "mae")
+            self.metric = metric.name
+            self.higher_is_better = bool(metric.greater_is_better)
             objectives = self._study_kwargs.get("objectives") or ("size",)
             if objectives[0] in _AXES:
                 self.x_axis = objectives[0]
@@ -198,7 +198,6 @@ class Panel(anywidget.AnyWidget):
             text = str(exc).strip().splitlines()
             first = text[0] if text else type(exc).__name__
             self.message = first if isinstance(exc, NboptError) else f"{type(exc).__name__}: {first}"
-            self._traceback = traceback.format_exc()
             self.status = "error"
         finally:
             _RUNNING.discard(self)

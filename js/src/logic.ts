@@ -1,0 +1,320 @@
+// Pure functions of the panel: no DOM, no plotly. Tested with vitest (js/test/).
+
+/** One result row as the kernel sends it (a row of `study.results`, JSON-safe: NaN -> null). */
+export interface Row {
+  id: string;
+  name: string;
+  backend: string;
+  recipe: string;
+  params: Record<string, unknown> | null;
+  format?: string | null;
+  status: string; // "ok" | "failed" | "skipped"
+  error?: string | null;
+  size_bytes?: number | null;
+  size_ratio?: number | null;
+  accuracy?: number | null;
+  accuracy_drop?: number | null;
+  latency_ms?: number | null;
+  latency_p90_ms?: number | null;
+  peak_memory_mb?: number | null;
+  notes?: string | null;
+  [column: string]: unknown;
+}
+
+export type AxisName = "size" | "latency" | "memory";
+
+export interface Axis {
+  key: "size_bytes" | "latency_ms" | "peak_memory_mb";
+  label: string;
+  format: (v: number | null | undefined) => string;
+}
+
+export const AXES: Record<AxisName, Axis> = {
+  size: { key: "size_bytes", label: "Size on disk", format: (v) => formatBytes(v) },
+  latency: { key: "latency_ms", label: "Latency (median, batch 1)", format: (v) => formatMs(v) },
+  memory: { key: "peak_memory_mb", label: "Peak memory", format: (v) => formatMB(v) },
+};
+
+/** Metrics whose value reads as a percentage. */
+const PERCENT_METRICS = new Set(["accuracy", "top5", "f1", "agreement"]);
+
+export function isNum(v: unknown): v is number {
+  return typeof v === "number" && Number.isFinite(v);
+}
+
+export function isBaseline(row: Row): boolean {
+  return row.recipe === "baseline";
+}
+
+/** Rows that can be drawn on the plot for this x axis. */
+export function plottable(rows: Row[], axis: AxisName): Row[] {
+  const key = AXES[axis].key;
+  return rows.filter((r) => r.status === "ok" && isNum(r[key]) && isNum(r.accuracy));
+}
+
+/**
+ * Within the accuracy budget (a drop, always "positive = worse"); no budget: everything is. As in
+ * ``Study.best``, a row without a drop (its baseline failed) counts as no drop.
+ */
+export function withinBudget(row: Row, maxDrop: number | null | undefined): boolean {
+  if (maxDrop === null || maxDrop === undefined) return true;
+  const drop = isNum(row.accuracy_drop) ? row.accuracy_drop : 0;
+  return drop <= maxDrop + 1e-12;
+}
+
+/**
+ * Non-dominated rows: smaller x is better, and accuracy is better when higher (or lower, for
+ * mse / mae). Returned sorted by x ascending, each strictly better in accuracy than the previous.
+ */
+export function paretoFront(rows: Row[], axis: AxisName, higherIsBetter: boolean): Row[] {
+  const key = AXES[axis].key;
+  const sign = higherIsBetter ? 1 : -1;
+  const pts = plottable(rows, axis).slice();
+  pts.sort((a, b) => {
+    const dx = (a[key] as number) - (b[key] as number);
+    if (dx !== 0) return dx;
+    return sign * ((b.accuracy as number) - (a.accuracy as number));
+  });
+  const front: Row[] = [];
+  let best = -Infinity;
+  for (const r of pts) {
+    const score = sign * (r.accuracy as number);
+    if (score > best) {
+      front.push(r);
+      best = score;
+    }
+  }
+  return front;
+}
+
+/**
+ * The front as a staircase: from each point go right to the next point's x at the same accuracy,
+ * then up (or down) to the next point. That outline is what the front guarantees: no candidate
+ * beats it on both axes.
+ */
+export function stepLine(front: Row[], axis: AxisName): { x: number[]; y: number[] } {
+  const key = AXES[axis].key;
+  const x: number[] = [];
+  const y: number[] = [];
+  front.forEach((r, i) => {
+    const xi = r[key] as number;
+    const yi = r.accuracy as number;
+    if (i > 0) {
+      x.push(xi);
+      y.push(y[y.length - 1]);
+    }
+    x.push(xi);
+    y.push(yi);
+  });
+  return { x, y };
+}
+
+/**
+ * The recommendation for a budget: the smallest (on the x axis) ok candidate within the budget,
+ * ties broken by the better accuracy. Baselines count: if nothing beats them, keep the model.
+ */
+export function recommend(
+  rows: Row[],
+  axis: AxisName,
+  maxDrop: number | null | undefined,
+  higherIsBetter: boolean,
+): Row | null {
+  const key = AXES[axis].key;
+  const sign = higherIsBetter ? 1 : -1;
+  let best: Row | null = null;
+  for (const r of plottable(rows, axis)) {
+    if (!withinBudget(r, maxDrop)) continue;
+    if (
+      best === null ||
+      (r[key] as number) < (best[key] as number) ||
+      ((r[key] as number) === (best[key] as number) &&
+        sign * (r.accuracy as number) > sign * (best.accuracy as number))
+    ) {
+      best = r;
+    }
+  }
+  return best;
+}
+
+/** Upper end of the budget slider: the largest drop measured, at least 1 point. */
+export function budgetMax(rows: Row[]): number {
+  let m = 0.01;
+  for (const r of rows) if (r.status === "ok" && isNum(r.accuracy_drop)) m = Math.max(m, r.accuracy_drop);
+  // round up to a readable step
+  const step = m <= 0.05 ? 0.005 : m <= 0.2 ? 0.01 : 0.05;
+  return Math.ceil(m / step - 1e-9) * step;
+}
+
+export type SortDir = "asc" | "desc";
+
+/** Sort a copy; numbers numerically, text alphabetically, missing values always last. */
+export function sortRows(rows: Row[], column: string, dir: SortDir): Row[] {
+  const mul = dir === "asc" ? 1 : -1;
+  const missing = (v: unknown) => v === null || v === undefined || v === "" || (typeof v === "number" && !Number.isFinite(v));
+  return rows
+    .map((r, i) => ({ r, i }))
+    .sort((a, b) => {
+      const va = a.r[column];
+      const vb = b.r[column];
+      const ma = missing(va);
+      const mb = missing(vb);
+      if (ma || mb) return ma === mb ? a.i - b.i : ma ? 1 : -1;
+      let c: number;
+      if (typeof va === "number" && typeof vb === "number") c = va - vb;
+      else c = String(cellText(va)).localeCompare(String(cellText(vb)), undefined, { numeric: true });
+      return c !== 0 ? mul * c : a.i - b.i;
+    })
+    .map((x) => x.r);
+}
+
+function cellText(v: unknown): string {
+  return typeof v === "object" ? JSON.stringify(v) : String(v);
+}
+
+/** Seconds left: the mean time per finished candidate times what is left, minus what the running one has used. */
+export function estimateRemaining(p: {
+  total: number;
+  done: number;
+  durations: number[];
+  runningFor?: number;
+}): number | null {
+  if (p.durations.length === 0 || p.total <= 0) return null;
+  const mean = p.durations.reduce((a, b) => a + b, 0) / p.durations.length;
+  const left = Math.max(0, p.total - p.done);
+  return Math.max(0, mean * left - (p.runningFor ?? 0));
+}
+
+// ----------------------------------------------------------------------------- formatting
+
+export function formatBytes(n: number | null | undefined): string {
+  if (!isNum(n)) return "–";
+  const units = ["B", "kB", "MB", "GB"];
+  let v = n;
+  let u = 0;
+  while (Math.abs(v) >= 1000 && u < units.length - 1) {
+    v /= 1000;
+    u += 1;
+  }
+  return u === 0 ? `${Math.round(v)} B` : `${v.toFixed(v < 10 ? 2 : v < 100 ? 1 : 0)} ${units[u]}`;
+}
+
+export function formatMs(ms: number | null | undefined): string {
+  if (!isNum(ms)) return "–";
+  if (ms >= 1000) return `${(ms / 1000).toFixed(2)} s`;
+  if (ms >= 100) return `${ms.toFixed(0)} ms`;
+  if (ms >= 10) return `${ms.toFixed(1)} ms`;
+  return `${ms.toFixed(2)} ms`;
+}
+
+export function formatMB(mb: number | null | undefined): string {
+  if (!isNum(mb)) return "–";
+  return `${mb.toFixed(mb < 10 ? 2 : 1)} MB`;
+}
+
+export function formatDuration(s: number | null | undefined): string {
+  if (!isNum(s)) return "–";
+  const t = Math.max(0, Math.round(s));
+  if (t < 60) return `${t} s`;
+  if (t < 3600) return `${Math.floor(t / 60)} min ${String(t % 60).padStart(2, "0")} s`;
+  return `${Math.floor(t / 3600)} h ${String(Math.floor((t % 3600) / 60)).padStart(2, "0")} min`;
+}
+
+export function formatMetric(v: number | null | undefined, metric: string): string {
+  if (!isNum(v)) return "–";
+  if (PERCENT_METRICS.has(metric)) return `${(v * 100).toFixed(2)} %`;
+  return Number(v.toPrecision(4)).toString();
+}
+
+/** A drop against the baseline ("positive = worse", whatever the metric's direction), in words. */
+export function formatDrop(d: number | null | undefined, metric: string): string {
+  if (!isNum(d)) return "–";
+  const a = Math.abs(d);
+  const amount = PERCENT_METRICS.has(metric) ? `${(a * 100).toFixed(2)} pp` : `${Number(a.toPrecision(3))}`;
+  if (Number(amount.split(" ")[0]) === 0) return "same";
+  return `${amount} ${d > 0 ? "worse" : "better"}`;
+}
+
+/** The budget slider's value: the largest drop accepted. */
+export function formatBudget(d: number, metric: string): string {
+  return PERCENT_METRICS.has(metric) ? `${(d * 100).toFixed(2)} pp` : `${Number(d.toPrecision(3))}`;
+}
+
+export function formatParams(params: Record<string, unknown> | null | undefined): string {
+  if (!params || Object.keys(params).length === 0) return "";
+  return Object.keys(params)
+    .sort()
+    .map((k) => `${k}=${typeof params[k] === "object" ? JSON.stringify(params[k]) : String(params[k])}`)
+    .join(", ");
+}
+
+export function escapeHtml(s: string): string {
+  return s.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]!);
+}
+
+/** Columns shown in the details and in the hover, in this order; the rest follow. */
+const KNOWN_COLUMNS = [
+  "name", "backend", "recipe", "params", "format", "status", "error", "accuracy", "accuracy_drop",
+  "size_bytes", "size_compressed_bytes", "size_ratio", "latency_ms", "latency_p90_ms", "threads",
+  "peak_memory_mb", "notes", "artifact_path",
+];
+const HIDDEN_COLUMNS = new Set(["id"]);
+
+export function formatCell(column: string, v: unknown, metric: string): string {
+  if (v === null || v === undefined || v === "") return "–";
+  if (column === "accuracy") return formatMetric(v as number, metric);
+  if (column === "accuracy_drop") return formatDrop(v as number, metric);
+  if (column.startsWith("size_") && column.endsWith("bytes")) return formatBytes(v as number);
+  if (column === "size_ratio") return isNum(v) ? `${(v * 100).toFixed(1)} %` : "–";
+  if (column.endsWith("_ms")) return formatMs(v as number);
+  if (column.endsWith("_mb")) return formatMB(v as number);
+  if (column === "params") return formatParams(v as Record<string, unknown>) || "–";
+  if (typeof v === "number") return Number.isInteger(v) ? String(v) : Number(v.toPrecision(4)).toString();
+  if (typeof v === "object") return JSON.stringify(v);
+  return String(v);
+}
+
+/** Every column of a row, known ones first, as [column, text] pairs (missing values skipped). */
+export function describe(row: Row, metric: string): [string, string][] {
+  const cols = [
+    ...KNOWN_COLUMNS.filter((c) => c in row),
+    ...Object.keys(row).filter((c) => !KNOWN_COLUMNS.includes(c) && !HIDDEN_COLUMNS.has(c)).sort(),
+  ];
+  const out: [string, string][] = [];
+  for (const c of cols) {
+    const v = row[c];
+    if (v === null || v === undefined || v === "") continue;
+    if (c === "params" && formatParams(v as Record<string, unknown>) === "") continue;
+    out.push([c === "accuracy" ? metric : c === "accuracy_drop" ? "vs baseline" : c, formatCell(c, v, metric)]);
+  }
+  return out;
+}
+
+/** What the hover shows: what the candidate is, and every measured number. */
+const HOVER_FIELDS: [string, string][] = [
+  ["backend", "backend"],
+  ["recipe", "recipe"],
+  ["params", "params"],
+  ["accuracy", ""], // labelled with the metric's name
+  ["accuracy_drop", "vs baseline"],
+  ["size_bytes", "size"],
+  ["size_compressed_bytes", "compressed size"],
+  ["size_ratio", "size ratio"],
+  ["latency_ms", "latency (median)"],
+  ["latency_p90_ms", "latency p90"],
+  ["peak_memory_mb", "peak memory"],
+  ["notes", "notes"],
+];
+
+/** Hover text for a point (plotly accepts <br> and <b>). */
+export function hoverText(row: Row, metric: string): string {
+  const lines: string[] = [`<b>${escapeHtml(row.name)}</b>`];
+  for (const [col, label] of HOVER_FIELDS) {
+    const v = row[col];
+    if (v === null || v === undefined || v === "") continue;
+    let t = formatCell(col, v, metric);
+    if (col === "params" && t === "–") continue;
+    if (t.length > 70) t = t.slice(0, 67) + "…";
+    lines.push(`${escapeHtml(label || metric)}: ${escapeHtml(t)}`);
+  }
+  return lines.join("<br>");
+}

@@ -1,0 +1,207 @@
+"""%%optimize and the panel's kernel side, in a real IPython shell (no browser; see test_browser.py)."""
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+pytest.importorskip("IPython")
+pytest.importorskip("anywidget")
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from IPython.core.error import UsageError  # noqa: E402
+from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
+
+BACKEND = "onnx"  # takes the torch CNN, fast on 2 cores
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from nbopt.demo import digits_arrays, train_digits_cnn
+
+    xtr, ytr, xval, yval = digits_arrays()
+    net = train_digits_cnn(epochs=3, width=8, hidden=32, data=(xtr, ytr, xval, yval))
+    return net, xtr[:64], (xval, yval)
+
+
+@pytest.fixture
+def ip(tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shell = InteractiveShell.instance()
+    shell.run_cell("%load_ext nbopt")
+    net, calib, val = tiny
+    shell.user_ns.update(net=net, calib=calib, val=val)
+    yield shell
+    from nbopt.widget import _RUNNING
+
+    for panel in list(_RUNNING):
+        panel.stop()
+        panel.wait()
+    for name in ("net", "calib", "val", "study"):
+        shell.user_ns.pop(name, None)
+
+
+@pytest.fixture
+def panels(monkeypatch):
+    """Every Panel the magic creates, in order."""
+    from nbopt.widget import Panel
+
+    made = []
+    original = Panel.follow.__func__
+
+    def follow(cls, study, **kw):
+        panel = original(cls, study, **kw)
+        made.append(panel)
+        return panel
+
+    monkeypatch.setattr(Panel, "follow", classmethod(follow))
+    return made
+
+
+def send(panel, content: dict) -> None:
+    """What the front end's ``model.send(content)`` delivers to the kernel-side widget."""
+    panel._handle_msg({"content": {"data": {"method": "custom", "content": content}}, "buffers": []})
+
+
+USAGE_CASES = {
+    "unknown variable": ("%%optimize --model nett --eval val\n\n", ["nett", "did you mean 'net'"]),
+    "missing model": ("%%optimize --eval val\n\n", ["--model"]),
+    "bad yaml": ("%%optimize --model net --eval val\nrecipes: [fp16\n  - x: y\n", ["YAML", "line 3"]),
+    "unknown recipe": (f"%%optimize --model net --eval val --backends {BACKEND}\n- int9-magic\n",
+                       ["int9-magic", "int8-dynamic"]),
+    "unknown backend": ("%%optimize --model net --eval val --backends tpu\n\n", ["tpu", "onnx"]),
+    "wrong type": ("%%optimize --model net --eval val\nmax_accuracy_drop: lots\n", ["max_accuracy_drop", "number"]),
+    "unknown key": ("%%optimize --model net --eval val\nrecipe: [fp16]\n", ["recipe", "did you mean 'recipes'"]),
+    "bad option": ("%%optimize --model net --max-drop much\n\n", ["--max-drop"]),
+    "not a model": ("%%optimize --model calib --eval val\n\n", ["ndarray"]),
+    "bad output name": ("%%optimize --model net -o 2x\n\n", ["-o"]),
+}
+
+
+@pytest.mark.parametrize("case", list(USAGE_CASES))
+def test_user_mistakes_are_one_usage_error_line(ip, capsys, case):
+    cell, needles = USAGE_CASES[case]
+    result = ip.run_cell(cell)
+    assert isinstance(result.error_in_exec, UsageError)
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err  # one line, no traceback
+    assert err.startswith("UsageError: ")
+    for needle in needles:
+        assert needle in err
+    # the kernel carries on
+    assert ip.run_cell("ok = 1 + 1").success and ip.user_ns["ok"] == 2
+
+
+def test_magic_runs_sweep_in_background_and_stores_study(ip, panels, capsys):
+    cell = (f"%%optimize --model net --calib calib --eval val --backends {BACKEND} --store st -o study\n"
+            "recipes:\n  - fp16\n  - int8-dynamic\nmax_accuracy_drop: 0.05\n")
+    result = ip.run_cell(cell)
+    assert result.success, result.error_in_exec
+    (panel,) = panels
+    # the cell returned while the sweep runs; the next cell waits for it, so "Run all" sees the study
+    assert ip.run_cell("n = len(study.results)").success
+    study = ip.user_ns["study"]
+    assert panel.study is study and panel.status == "done" and not panel.is_running
+    assert ip.user_ns["n"] == len(study.results) == panel.total == panel.done == len(panel.rows) == 3
+    assert [r["name"] for r in panel.rows] == list(study.results["name"])
+    assert panel.max_drop == 0.05 and panel.result_name == "study"
+    json.dumps(panel.rows, allow_nan=False)  # what the front end gets is plain JSON
+    assert all(r["id"] == str(i) for i, r in enumerate(panel.rows))
+    assert panel.elapsed_s > 0 and len(panel.durations) == 3
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_one_line_form_runs_default_sweep(ip, panels):
+    assert ip.run_cell(f"%optimize --model net --calib calib --eval val --backends {BACKEND} --store st -o s2").success
+    assert ip.run_cell("rows = len(s2.results)").success
+    (panel,) = panels
+    assert panel.status == "done"
+    assert ip.user_ns["rows"] == len(panel.study.plan) + 1 > 2  # the backend's default recipes + baseline
+
+
+def test_stop_ends_after_running_candidate_and_keeps_results(ip, panels, monkeypatch):
+    from nbopt.study import Study
+
+    first_done = threading.Event()
+    proceed = threading.Event()
+
+    def gate(event, payload):  # hold the sweep after its first candidate until we have pressed Stop
+        if event == "candidate_finished" and not first_done.is_set():
+            first_done.set()
+            proceed.wait(30)
+
+    original_run = Study.run
+
+    def run_with_gate(self):
+        self.on(gate)
+        return original_run(self)
+
+    monkeypatch.setattr(Study, "run", run_with_gate)
+    cell = (f"%%optimize --model net --calib calib --eval val --backends {BACKEND} --store st -o study\n"
+            "- fp16\n- int8-dynamic\n- int8-static\n")
+    assert ip.run_cell(cell).success
+    (panel,) = panels
+    assert first_done.wait(60)
+    send(panel, {"type": "stop"})  # what the Stop button sends
+    assert panel.status == "stopping"
+    proceed.set()
+    panel.wait(60)
+    study = ip.user_ns["study"]
+    assert panel.status == "stopped" and study.stopped
+    assert 1 <= len(study.results) < panel.total
+    assert len(panel.rows) == len(study.results)
+
+
+def test_export_from_panel_writes_artifact_and_says_where(ip, panels, tmp_path):
+    cell = f"%%optimize --model net --calib calib --eval val --backends {BACKEND} --store st -o study\n- int8-dynamic\n"
+    assert ip.run_cell(cell).success
+    (panel,) = panels
+    panel.wait()
+    row = next(r for r in panel.rows if r["recipe"] == "int8-dynamic")
+    panel.set_state({"selected": row["id"]})  # what a click in the front end sends
+    assert panel.selected_candidate is panel.study.candidates[int(row["id"])]
+    send(panel, {"type": "export", "id": row["id"], "path": str(tmp_path / "out" / "digits")})
+    status = panel.export_status
+    assert status["id"] == row["id"] and "error" not in status, status
+    written = tmp_path / "out" / "digits.onnx"
+    assert status["path"] == str(written.resolve()) and written.stat().st_size == row["size_bytes"]
+    assert (tmp_path / "out" / "digits.json").exists()
+    # no path: a default under nbopt_exports/ next to the notebook
+    send(panel, {"type": "export", "id": row["id"], "path": ""})
+    assert "nbopt_exports" in panel.export_status["path"]
+    # a mistake is one line in the panel, not an exception in the kernel
+    send(panel, {"type": "export", "id": "99"})
+    assert panel.export_status["error"].startswith("Export failed: ")
+
+
+def test_panel_setup_mode_chooses_recipes_and_runs(tiny, tmp_path):
+    import nbopt
+    from nbopt.widget import Panel
+
+    net, calib, val = tiny
+    panel = Panel(net, calib=calib, eval=val, store=str(tmp_path / "st"))
+    assert panel.mode == "setup" and panel.status == "idle"
+    assert BACKEND in panel.available_backends
+    assert {"fp16", "int8-dynamic"} <= set(panel.available_recipes)
+    panel.recipes = ["fp16"]
+    panel.backends = [BACKEND]
+    send(panel, {"type": "run"})  # the Run button
+    panel.wait(120)
+    assert panel.status == "done", panel.message
+    assert [r["recipe"] for r in panel.rows] == ["baseline", "fp16"]
+    assert panel.best() is not None
+    assert nbopt.Panel is Panel
+
+
+def test_panel_run_error_is_shown_in_panel(tiny, tmp_path):
+    from nbopt.widget import Panel
+
+    net, calib, val = tiny
+    panel = Panel(net, calib=calib, eval=val, metric="accuracy", store=str(tmp_path / "st"))
+    panel.recipes = ["int9-magic"]
+    panel.backends = [BACKEND]
+    panel.start().wait(60)
+    assert panel.status == "error"
+    assert "int9-magic" in panel.message and "\n" not in panel.message
