@@ -184,3 +184,25 @@ def test_bad_input_is_one_clear_error(kwargs, message, digits, digits_cnn, store
     with pytest.raises(NboptError, match=message) as err:
         nbopt.Study(**args)
     assert "\n" not in str(err.value)
+
+
+def test_plot_marks_the_front_and_report_is_self_contained(swept, tmp_path):
+    study, _, _ = swept
+    fig = study.plot()
+    front = next(t for t in fig.data if t.name == "Pareto front")
+    assert len(front.x) == len(study.pareto()) and front.line.shape == "hv"
+    assert any(t.name == "torch baseline" for t in fig.data)
+    page = study.to_html(tmp_path / "report.html").read_text()
+    assert '<script src="http' not in page and "Plotly.newPlot" in page  # plotly.js inlined: works offline
+    assert all(name in page for name in study.results["name"])
+
+
+def test_import_nbopt_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, nbopt; nbopt.optimize; nbopt.Study; import nbopt.data; "
+            "heavy = [m for m in ('torch', 'tensorflow', 'onnxruntime', 'executorch') if m in sys.modules]; "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
