@@ -206,3 +206,19 @@ def test_import_nbopt_stays_light():
             "print(heavy); sys.exit(1 if heavy else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_torch_and_onnx_on_one_plot(digits, digits_cnn, store):
+    pytest.importorskip("onnxruntime")
+    xtr, ytr, xval, yval = digits
+    study = nbopt.optimize(digits_cnn, calib=(xtr, ytr), eval=(xval, yval), store=store, backends=["torch", "onnx"],
+                           recipes=["int8-dynamic"], **FAST)
+    df = study.results
+    assert set(df["backend"]) == {"torch", "onnx"} and (df["status"] == "ok").all(), df[["name", "error"]]
+    assert set(df["format"]) == {"pte", "onnx"}
+    for backend, group in df.groupby("backend"):  # ratios and drops are against the same backend's baseline
+        base = group[group["recipe"] == "baseline"].iloc[0]
+        cand = group[group["recipe"] == "int8-dynamic"].iloc[0]
+        assert cand["size_ratio"] == pytest.approx(cand["size_bytes"] / base["size_bytes"])
+    names = {t.name for t in study.plot().data}
+    assert {"torch", "onnx", "torch baseline", "onnx baseline"} <= names
