@@ -308,13 +308,23 @@ class Study:
     def sensitivity_table(self, backend: str = "onnx"):
         """Per-layer sensitivity (which layers break accuracy when quantized), measured on the calibration
         data: a DataFrame ranked most-sensitive first. Computed once, then cached."""
+        if backend not in self.sensitivity:
+            analyzer = self._sensitivity_backend(backend)
+            self.sensitivity[backend] = analyzer.sensitivity(self._prepared[backend], self.calib_data)
+        return self.sensitivity[backend]
+
+    def sensitivity_cost(self, backend: str = "onnx") -> tuple[bool, int]:
+        """(already measured, number of layers the analysis would quantize one at a time)."""
+        if backend in self.sensitivity:
+            return True, len(self.sensitivity[backend])
+        return self._sensitivity_backend(backend).sensitivity_cost(self._prepared[backend], self.calib_data)
+
+    def _sensitivity_backend(self, backend: str) -> Backend:
         if backend not in self.backends or not hasattr(self.backends[backend], "sensitivity"):
             have = [n for n, b in self.backends.items() if hasattr(b, "sensitivity")]
             raise NboptError(f"No sensitivity analysis for backend '{backend}'; available for: {have or 'none'} "
                              "(add 'onnx' to backends).")
-        if backend not in self.sensitivity:
-            self.sensitivity[backend] = self.backends[backend].sensitivity(self._prepared[backend], self.calib_data)
-        return self.sensitivity[backend]
+        return self.backends[backend]
 
     @property
     def results(self):

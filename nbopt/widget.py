@@ -63,6 +63,10 @@ class Panel(anywidget.AnyWidget):
     backends = t.List(t.Unicode()).tag(sync=True)  # chosen in setup mode; empty: the model's own
     waiting = t.Bool(False).tag(sync=True)  # a later cell is waiting for this sweep
     result_name = t.Unicode("").tag(sync=True)  # notebook variable the study is stored in when done
+    # per-layer quantization sensitivity of the onnx backend (rank 1 = most sensitive), filled when the
+    # sweep finishes: [{"node", "op_type", "params", "rel_error", "rank"}]; the note says why it is empty
+    sensitivity = t.List(t.Dict()).tag(sync=True)
+    sensitivity_note = t.Unicode("").tag(sync=True)
 
     def __init__(self, model: Any = None, calib: Any = None, eval: Any = None, *, recipes: Any = None,
                  backends: Any = None, **study_kwargs: Any):
@@ -139,6 +143,8 @@ class Panel(anywidget.AnyWidget):
             self.durations = []
             self.selected = ""
             self.export_status = {}
+            self.sensitivity = []
+            self.sensitivity_note = ""
             self.message = ""
             self.status = "idle"
             if objective in _AXES:
@@ -193,6 +199,8 @@ class Panel(anywidget.AnyWidget):
                 self.status = "running"
                 self._t0 = time.perf_counter()
             self.study.run()
+            if not self.study.stopped:
+                self._fill_sensitivity()
         except BaseException as exc:  # noqa: BLE001 - reported in the panel, never printed
             self.error = exc
             text = str(exc).strip().splitlines()
@@ -202,6 +210,33 @@ class Panel(anywidget.AnyWidget):
         finally:
             _RUNNING.discard(self)
             self._finish()
+
+    def _fill_sensitivity(self) -> None:
+        """The onnx backend's per-layer sensitivity table, in the sweep thread, when it is cheap: cached by
+        a mixed-precision candidate, or a model of at most SENSITIVITY_MAX_NODES weight nodes. Never raises."""
+        study = self.study
+        if "onnx" not in study.backends or study.calib_data is None:
+            return
+        self.running = "layer sensitivity"
+        try:
+            cached, n = study.sensitivity_cost("onnx")
+            if not cached and n > SENSITIVITY_MAX_NODES:
+                self.sensitivity_note = (f"Layer sensitivity not computed: the model has {n} weight layers "
+                                         f"(more than {SENSITIVITY_MAX_NODES}); run "
+                                         "study.sensitivity_table('onnx') to compute it.")
+                return
+            table = study.sensitivity_table("onnx")
+            self.sensitivity = _sensitivity_rows(table)
+            self.sensitivity_note = "" if len(table) else "No layer with quantizable weights was found."
+        except Exception as exc:  # noqa: BLE001 - one line in the section, never raised
+            lines = str(exc).strip().splitlines()
+            text = lines[0] if lines else type(exc).__name__
+            if not isinstance(exc, NboptError):
+                text = f"{type(exc).__name__}: {text}"
+            self.sensitivity = []
+            self.sensitivity_note = f"Layer sensitivity failed: {text}"
+        finally:
+            self.running = ""
 
     def _new_study(self):
         from .study import Study
@@ -327,6 +362,17 @@ def wait_for_sweeps(*_args) -> None:
                     pass
         finally:
             panel.waiting = False
+
+
+SENSITIVITY_MAX_NODES = 200  # above this, the panel does not compute the sensitivity table on its own
+_SENSITIVITY_COLUMNS = ("node", "op_type", "params", "rel_error", "rank")
+
+
+def _sensitivity_rows(table) -> list[dict]:
+    """The table as JSON-safe rows, rank order (NaN rel_error -> None, for nodes that failed alone)."""
+    cols = [c for c in _SENSITIVITY_COLUMNS if c in table.columns]
+    rows = table.sort_values("rank")[cols].to_dict("records") if len(table) else []
+    return [{k: _json_value(v) for k, v in r.items()} for r in rows]
 
 
 def _json_row(row: dict, index: int) -> dict:

@@ -230,6 +230,26 @@ def test_jupyterlab_live_panel(server, page, shots):
     recommended = _state(pnl)["recommended"]
     assert recommended != "" and _state(pnl)["done"] == "3"  # nothing re-ran
 
+    # --- layer sensitivity (onnx, calibration data): a collapsed section; opened, bars with op type and rank
+    t_sens = time.perf_counter()
+    sens = pnl.locator(".nbopt-sens")
+    n_layers = int(_state(pnl)["sensitivity"])
+    assert n_layers >= 4 and sens.is_visible()  # conv, conv, linear, linear
+    assert "most sensitive:" in sens.locator("summary").inner_text()
+    sens.locator("summary").click()
+    bars = sens.locator(".barlayer .point path")
+    assert _poll(lambda: bars.count() == min(15, n_layers), 10), bars.count()
+    sens.scroll_into_view_if_needed()
+    box = bars.first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    hover = sens.locator(".hoverlayer .hovertext")
+    assert _poll(lambda: hover.count() > 0 and "rank 1 of" in hover.first.text_content(), 5)
+    text = hover.first.text_content()
+    assert "relative output error:" in text and re.search(r"(Conv|Gemm|MatMul) · rank 1 of \d+", text), text
+    pnl.screenshot(path=str(shots / "lab-3b-sensitivity.png"))
+    page.mouse.move(0, 0)
+    print(f"sensitivity checks: {time.perf_counter() - t_sens:.2f} s")
+
     # --- the study is in the namespace once done; the panel agrees with study.pareto() / best()
     run_cell(page, 2)
     assert output_text(page, 2).strip() == f"3 False {front} {recommended}"

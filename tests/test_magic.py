@@ -205,3 +205,65 @@ def test_panel_run_error_is_shown_in_panel(tiny, tmp_path):
     panel.start().wait(60)
     assert panel.status == "error"
     assert "int9-magic" in panel.message and "\n" not in panel.message
+
+
+# ---------------------------------------------------------------------------------- layer sensitivity
+def test_panel_fills_layer_sensitivity_after_sweep(tiny, tmp_path, monkeypatch):
+    """After the sweep, in its thread, the panel holds the onnx per-layer sensitivity table, ranked."""
+    import nbopt.widget as widget
+    from nbopt.widget import Panel
+
+    net, calib, val = tiny
+    panel = Panel(net, calib=calib, eval=val, store=str(tmp_path / "st"))
+    panel.recipes, panel.backends = ["int8-dynamic"], [BACKEND]
+    threads = []
+    original = Panel._fill_sensitivity
+
+    def spy(self):
+        threads.append(threading.current_thread().name)
+        return original(self)
+
+    monkeypatch.setattr(Panel, "_fill_sensitivity", spy)
+    panel.start().wait(120)
+    assert panel.status == "done", panel.message
+    assert threads == ["nbopt-sweep"]  # computed in the sweep thread, never on the main one
+    rows = panel.sensitivity
+    assert rows and panel.sensitivity_note == ""
+    assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+    assert set(rows[0]) == {"node", "op_type", "params", "rel_error", "rank"}
+    assert {"Conv"} <= {r["op_type"] for r in rows} <= {"Conv", "Gemm", "MatMul"}  # conv, conv, linear, linear
+    errs = [r["rel_error"] for r in rows if r["rel_error"] is not None]
+    assert errs == sorted(errs, reverse=True) and errs[0] > 0
+    json.dumps(rows, allow_nan=False)
+    table = panel.study.sensitivity_table("onnx")  # the same table, cached on the study
+    assert [r["node"] for r in rows] == list(table["node"])
+
+    # too many weight nodes: skipped with a note, unless a mixed-precision candidate already measured it
+    monkeypatch.setattr(Panel, "_fill_sensitivity", original)
+    monkeypatch.setattr(widget, "SENSITIVITY_MAX_NODES", 1)
+    panel.study.sensitivity.clear()
+    panel._fill_sensitivity()
+    assert panel.sensitivity == rows  # the backend's cache (as after mixed-precision) makes it cheap
+    panel.study._prepared[BACKEND]._cache.clear()
+    panel.study.sensitivity.clear()
+    panel.sensitivity = []
+    panel._fill_sensitivity()
+    assert panel.sensitivity == [] and "more than 1" in panel.sensitivity_note
+
+    # a failure is one line in the section, never an exception
+    monkeypatch.setattr(widget, "SENSITIVITY_MAX_NODES", 200)
+    monkeypatch.setattr(type(panel.study), "sensitivity_table", lambda self, b="onnx": 1 / 0)
+    panel._fill_sensitivity()
+    assert panel.sensitivity == [] and panel.sensitivity_note == "Layer sensitivity failed: ZeroDivisionError: division by zero"
+    assert panel.running == ""
+
+
+def test_panel_has_no_sensitivity_without_calibration_data(tiny, tmp_path):
+    from nbopt.widget import Panel
+
+    net, _calib, val = tiny
+    panel = Panel(net, eval=val, store=str(tmp_path / "st"))
+    panel.recipes, panel.backends = ["fp16"], [BACKEND]
+    panel.start().wait(120)
+    assert panel.status == "done", panel.message
+    assert panel.sensitivity == [] and panel.sensitivity_note == ""

@@ -3,11 +3,14 @@ import {
   AXES,
   AxisName,
   Row,
+  SensRow,
   hoverText,
   isBaseline,
   paretoFront,
   plottable,
+  sensitivityHover,
   stepLine,
+  topSensitive,
   withinBudget,
 } from "./logic";
 
@@ -137,6 +140,49 @@ export function buildFigure(rows: Row[], o: FigureOptions): { data: Trace[]; lay
       gridcolor: o.dark ? "#444" : "#e5e5e5",
       ...(["accuracy", "top5", "f1", "agreement"].includes(o.metric) ? { tickformat: ".1%" } : {}),
     },
+  };
+  return { data, layout };
+}
+
+/** Horizontal bars of the most quantization-sensitive layers, most sensitive on top. */
+export function buildSensitivityFigure(
+  rows: SensRow[],
+  o: { top?: number; dark?: boolean } = {},
+): { data: Trace[]; layout: Record<string, unknown> } {
+  const head = topSensitive(rows, o.top ?? 15);
+  const ink = o.dark ? "#ddd" : "#333";
+  const total = rows.length;
+  const data: Trace[] = [
+    {
+      type: "bar",
+      orientation: "h",
+      name: "relative output error",
+      x: head.map((r) => r.rel_error),
+      y: head.map((r) => r.node),
+      text: head.map((r) => sensitivityHover(r, total)),
+      hovertemplate: "%{text}<extra></extra>",
+      textposition: "none",
+      marker: { color: "#D55E00" },
+    },
+  ];
+  const layout: Record<string, unknown> = {
+    autosize: true,
+    height: Math.max(180, 22 * head.length + 80),
+    margin: { l: 160, r: 20, t: 10, b: 45 },
+    hovermode: "closest",
+    hoverlabel: { align: "left" },
+    paper_bgcolor: "rgba(0,0,0,0)",
+    plot_bgcolor: "rgba(0,0,0,0)",
+    font: { color: ink, size: 12 },
+    showlegend: false,
+    xaxis: {
+      title: { text: "relative output error vs fp32 when quantized alone (calibration data)" },
+      tickformat: ".1~%",
+      rangemode: "tozero",
+      gridcolor: o.dark ? "#444" : "#e5e5e5",
+      zeroline: false,
+    },
+    yaxis: { type: "category", autorange: "reversed", automargin: true },
   };
   return { data, layout };
 }

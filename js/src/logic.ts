@@ -318,3 +318,53 @@ export function hoverText(row: Row, metric: string): string {
   }
   return lines.join("<br>");
 }
+
+// ----------------------------------------------------------------------------- layer sensitivity
+
+/** One row of the onnx backend's per-layer sensitivity table (rank 1 = most sensitive). */
+export interface SensRow {
+  node: string;
+  op_type: string;
+  params?: number | null;
+  rel_error: number | null; // null: the node could not be quantized alone
+  rank: number;
+}
+
+/** The `n` most sensitive layers that were measured, most sensitive first. */
+export function topSensitive(rows: SensRow[] | null | undefined, n = 15): SensRow[] {
+  return (rows ?? [])
+    .filter((r) => isNum(r.rel_error))
+    .slice()
+    .sort((a, b) => (isNum(a.rank) && isNum(b.rank) ? a.rank - b.rank : (b.rel_error as number) - (a.rel_error as number)))
+    .slice(0, Math.max(0, n));
+}
+
+/** A relative error as a percentage, with enough digits for small values. */
+export function formatPercent(v: number | null | undefined): string {
+  if (!isNum(v)) return "–";
+  const p = v * 100;
+  const a = Math.abs(p);
+  if (a === 0) return "0 %";
+  if (a >= 10) return `${p.toFixed(1)} %`;
+  if (a >= 0.1) return `${p.toFixed(2)} %`;
+  return `${Number(p.toPrecision(2))} %`;
+}
+
+/** Hover text of a sensitivity bar: the node, its op type and rank, its error. */
+export function sensitivityHover(r: SensRow, total: number): string {
+  const lines = [
+    `<b>${escapeHtml(r.node)}</b>`,
+    `${escapeHtml(r.op_type)} · rank ${r.rank} of ${total}`,
+    `relative output error: ${formatPercent(r.rel_error)}`,
+  ];
+  if (isNum(r.params)) lines.push(`weights: ${r.params.toLocaleString("en-US")}`);
+  return lines.join("<br>");
+}
+
+/** The section's one-line summary (shown while it is collapsed too). */
+export function sensitivitySummary(rows: SensRow[] | null | undefined): string {
+  const top = topSensitive(rows, 1)[0];
+  const n = (rows ?? []).length;
+  if (!top) return n ? `${n} layers, none measured` : "";
+  return `${n} layer${n === 1 ? "" : "s"}; most sensitive: ${top.node} (${top.op_type}, ${formatPercent(top.rel_error)})`;
+}

@@ -6,11 +6,12 @@ import type { AnyModel, RenderProps } from "@anywidget/types";
 // plotly's "basic" bundle (scatter, bar, pie) is bundled by esbuild: nothing is fetched at run time.
 // @ts-ignore -- the dist bundle has no types
 import Plotly from "plotly.js-basic-dist-min";
-import { buildFigure } from "./figure";
+import { buildFigure, buildSensitivityFigure } from "./figure";
 import {
   AXES,
   AxisName,
   Row,
+  SensRow,
   SortDir,
   budgetMax,
   describe,
@@ -24,6 +25,7 @@ import {
   paretoFront,
   plottable,
   recommend,
+  sensitivitySummary,
   sortRows,
   withinBudget,
 } from "./logic";
@@ -57,6 +59,8 @@ export interface Model {
   backends: string[];
   waiting: boolean;
   result_name: string;
+  sensitivity: SensRow[];
+  sensitivity_note: string;
 }
 
 const TABLE_COLUMNS: [string, string][] = [
@@ -142,12 +146,26 @@ function render({ model, el }: RenderProps<Model>) {
   const table = h("table", { class: "nbopt-table" });
   const tableWrap = h("div", { class: "nbopt-table-wrap" }, table);
 
-  root.append(header, progress, messageEl, setup, toolbar, plotEl, details, failed, tableWrap);
+  // ---- layer sensitivity (onnx backend): collapsible, the chart drawn only while open
+  const sensSummary = h("span", { class: "nbopt-sens-summary" });
+  const sensNote = h("div", { class: "nbopt-sens-note" });
+  const sensPlot = h("div", { class: "nbopt-sens-plot" });
+  const sens = h(
+    "details",
+    { class: "nbopt-sens" },
+    h("summary", {}, h("b", {}, "Layer sensitivity "), sensSummary),
+    h("div", { class: "nbopt-hint" }, "How far the model's output moves when only that layer is quantized to int8 (most sensitive first): the layers to keep in float if accuracy breaks."),
+    sensNote,
+    sensPlot,
+  );
+
+  root.append(header, progress, messageEl, setup, toolbar, plotEl, details, failed, sens, tableWrap);
 
   // ---- view-local state (not model state): table sort, clock for the elapsed time
   let sort: { column: string; dir: SortDir } = { column: "", dir: "asc" };
   let elapsedAt = performance.now();
   let plotted = false;
+  let sensPlotted = false;
 
   const rows = () => m.get("rows") ?? [];
   const axis = (): AxisName => (m.get("x_axis") in AXES ? m.get("x_axis") : "size");
@@ -358,6 +376,27 @@ function render({ model, el }: RenderProps<Model>) {
     table.replaceChildren(h("thead", {}, head), body);
   }
 
+  function drawSensitivity() {
+    const data = m.get("sensitivity") ?? [];
+    const note = m.get("sensitivity_note") ?? "";
+    root.dataset.sensitivity = String(data.length);
+    sens.style.display = data.length || note ? "" : "none";
+    sensSummary.textContent = data.length ? `(${sensitivitySummary(data)})` : "";
+    sensNote.textContent = note;
+    sensNote.style.display = note ? "" : "none";
+    sensNote.classList.toggle("nbopt-error", note.startsWith("Layer sensitivity failed"));
+    if (!data.length || !sens.open) {
+      if (sensPlotted && !data.length) {
+        Plotly.purge(sensPlot);
+        sensPlotted = false;
+      }
+      return;
+    }
+    const fig = buildSensitivityFigure(data, { top: 15, dark: isDark() });
+    Plotly.react(sensPlot, fig.data, fig.layout, { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"] });
+    sensPlotted = true;
+  }
+
   function drawAll() {
     drawStatus();
     drawSetup();
@@ -366,10 +405,12 @@ function render({ model, el }: RenderProps<Model>) {
     drawDetails();
     drawFailed();
     drawTable(rec);
+    drawSensitivity();
   }
 
   // ------------------------------------------------------------------ user input
   stopBtn.addEventListener("click", () => m.send({ type: "stop" }));
+  sens.addEventListener("toggle", drawSensitivity);
   runBtn.addEventListener("click", () => m.send({ type: "run" }));
   axisSel.addEventListener("change", () => {
     m.set("x_axis", axisSel.value as AxisName);
@@ -421,6 +462,8 @@ function render({ model, el }: RenderProps<Model>) {
     ["change:available_backends", drawSetup],
     ["change:recipes", drawSetup],
     ["change:backends", drawSetup],
+    ["change:sensitivity", drawSensitivity],
+    ["change:sensitivity_note", drawSensitivity],
   ];
   for (const [ev, fn] of listeners) m.on(ev as any, fn);
   const tick = setInterval(() => {
@@ -428,8 +471,10 @@ function render({ model, el }: RenderProps<Model>) {
   }, 1000);
   const resize = new ResizeObserver(() => {
     if (plotted && plotEl.isConnected && plotEl.clientWidth > 0) Plotly.Plots.resize(plotEl);
+    if (sensPlotted && sens.open && sensPlot.isConnected && sensPlot.clientWidth > 0) Plotly.Plots.resize(sensPlot);
   });
   resize.observe(plotEl);
+  resize.observe(sensPlot);
 
   drawAll();
 
@@ -438,6 +483,7 @@ function render({ model, el }: RenderProps<Model>) {
     resize.disconnect();
     for (const [ev, fn] of listeners) m.off(ev as any, fn);
     if (plotted) Plotly.purge(plotEl);
+    if (sensPlotted) Plotly.purge(sensPlot);
   };
 }
 

@@ -13,11 +13,16 @@ import {
   hoverText,
   paretoFront,
   recommend,
+  SensRow,
+  formatPercent,
+  sensitivityHover,
+  sensitivitySummary,
+  topSensitive,
   sortRows,
   stepLine,
   withinBudget,
 } from "../src/logic";
-import { buildFigure } from "../src/figure";
+import { buildFigure, buildSensitivityFigure } from "../src/figure";
 
 function row(id: string, size: number | null, acc: number | null, extra: Partial<Row> = {}): Row {
   return {
@@ -184,5 +189,54 @@ describe("buildFigure", () => {
     const front = fig.data.find((t) => t.name === "Pareto front")!;
     expect(front.x).toEqual([200, 400, 400]);
     expect(fig.data.some((t) => t.name === "selected")).toBe(false);
+  });
+});
+
+describe("layer sensitivity", () => {
+  const sens: SensRow[] = Array.from({ length: 20 }, (_, i) => ({
+    node: `/conv${i}`,
+    op_type: i % 2 ? "MatMul" : "Conv",
+    params: 1000 * (i + 1),
+    rel_error: 0.2 / (i + 1),
+    rank: i + 1,
+  }));
+  const broken: SensRow = { node: "/gather", op_type: "Gather", params: 64, rel_error: null, rank: 21 };
+
+  it("topSensitive keeps the n most sensitive measured layers, by rank", () => {
+    const shuffled = [broken, ...sens].reverse();
+    const top = topSensitive(shuffled, 15);
+    expect(top.map((r) => r.rank)).toEqual(Array.from({ length: 15 }, (_, i) => i + 1));
+    expect(topSensitive([broken], 15)).toEqual([]);
+    expect(topSensitive(undefined)).toEqual([]);
+    expect(topSensitive(sens, 3).map((r) => r.node)).toEqual(["/conv0", "/conv1", "/conv2"]);
+  });
+  it("formats relative errors as percentages", () => {
+    expect(formatPercent(0.2)).toBe("20.0 %");
+    expect(formatPercent(0.0123)).toBe("1.23 %");
+    expect(formatPercent(0.0000456)).toBe("0.0046 %");
+    expect(formatPercent(0)).toBe("0 %");
+    expect(formatPercent(null)).toBe("–");
+  });
+  it("hover says op type, rank and error; the summary names the worst layer", () => {
+    const text = sensitivityHover(sens[1], 21);
+    expect(text).toContain("<b>/conv1</b>");
+    expect(text).toContain("MatMul · rank 2 of 21");
+    expect(text).toContain("relative output error: 10.0 %");
+    expect(text).toContain("weights: 2,000");
+    expect(sensitivityHover({ ...broken, node: "<x>" }, 1)).toContain("&lt;x&gt;");
+    expect(sensitivitySummary([broken, ...sens])).toBe("21 layers; most sensitive: /conv0 (Conv, 20.0 %)");
+    expect(sensitivitySummary([])).toBe("");
+  });
+  it("buildSensitivityFigure draws the top 15 as horizontal bars, most sensitive on top", () => {
+    const fig = buildSensitivityFigure([...sens, broken], { top: 15 });
+    expect(fig.data).toHaveLength(1);
+    const bar = fig.data[0];
+    expect(bar.type).toBe("bar");
+    expect(bar.orientation).toBe("h");
+    expect(bar.y).toEqual(sens.slice(0, 15).map((r) => r.node));
+    expect(bar.x).toEqual(sens.slice(0, 15).map((r) => r.rel_error));
+    expect((bar.text as string[])[0]).toContain("rank 1 of 21");
+    expect((fig.layout.yaxis as any).autorange).toBe("reversed");
+    expect((fig.layout.xaxis as any).tickformat).toContain("%");
   });
 });

@@ -445,6 +445,15 @@ class OnnxBackend(Backend):
                   calibration_cache_path=str(cache))
 
     # -- sensitivity ----------------------------------------------------------------------------------
+    def sensitivity_cost(self, prepared: OnnxPrepared, calib, mode: str = "dynamic") -> tuple[bool, int]:
+        """(already cached, how many nodes ``sensitivity`` quantizes one at a time: its cost is about one
+        quantization and one calibration run per node)."""
+        import onnx
+
+        src, _ = self.preprocessed(prepared)
+        n = len(weight_nodes(onnx.load(str(src), load_external_data=False)))
+        return _sens_key(mode, calib) in prepared._cache, n
+
     def sensitivity(self, prepared: OnnxPrepared, calib, mode: str = "dynamic"):
         """Per-node sensitivity as a DataFrame (node, op_type, params, rel_error, cosine, max_abs_diff,
         rank, error): how far the first output moves (vs fp32, on up to 64 calibration examples) when
@@ -455,7 +464,7 @@ class OnnxBackend(Backend):
             raise NboptError("Sensitivity analysis needs calibration data: pass calib=....")
         if mode not in ("dynamic", "static"):
             raise NboptError(f"Sensitivity mode is {mode!r}; allowed: 'dynamic', 'static'.")
-        key = ("sens", mode, getattr(calib, "fingerprint", id(calib)))
+        key = _sens_key(mode, calib)
         if key in prepared._cache:
             return prepared._cache[key].copy()
         src, _ = self.preprocessed(prepared)
@@ -476,6 +485,10 @@ class OnnxBackend(Backend):
             df = sensitivity_table(nodes, one, lambda p: self._outputs(p, feeds), ref, work)
         prepared._cache[key] = df
         return df.copy()
+
+
+def _sens_key(mode: str, calib) -> tuple:
+    return ("sens", mode, getattr(calib, "fingerprint", id(calib)))
 
 
 def _make_reader(feeds: list[dict[str, np.ndarray]]):
