@@ -71,6 +71,7 @@ class Study:
                  objectives: Sequence[str] = ("size", "accuracy"), n_calib: int = 256, seed: int = 0,
                  callbacks: Iterable[Callback] = (), progress: bool = True, measure_memory: bool = True,
                  latency: LatencySettings | None = None):
+        model_kind(model)  # an unusable model is the first thing to say
         self.metric: Metric = get_metric(metric)
         self.objectives = tuple(objectives)
         resolve(self.objectives, True)  # unknown objective names fail now
@@ -86,13 +87,13 @@ class Study:
             raise NboptError(f"Metric '{self.metric.name}' needs labels but the eval data has none: pass "
                              "(inputs, labels) or use metric='agreement' / 'cosine' to compare with the baseline.")
         self.calib_data: Data | None = load(calib, role="calib").sample(n_calib, seed) if calib is not None else None
+        _check_same_inputs(self.calib_data, self.eval_data)
         self.backends: dict[str, Backend] = self._backends(model, backends)
         self.model = model
         self._prepared = {name: b.prepare(model, self.eval_data) for name, b in self.backends.items()}
         self._model_fp = {name: b.fingerprint(model) for name, b in self.backends.items()}
         self.plan: list[Planned] = self._plan(parse_recipes(recipes))
-        self.store = Store(store) if store is not None else None
-        self._scratch = None if store is not None else Store(_tempdir())
+        self.store = Store(store if store is not None else _tempdir())  # None: a folder removed at exit
         self.candidates: list[Candidate] = []
         self._callbacks: list[Callback] = list(callbacks)
         self._stop = threading.Event()
@@ -103,7 +104,6 @@ class Study:
 
     # -- set-up ----------------------------------------------------------------------------------
     def _backends(self, model: Any, names: Sequence[str] | None) -> dict[str, Backend]:
-        model_kind(model)  # a clear error for an unusable model before anything else
         if isinstance(names, str):
             names = [names]
         names = list(names) if names else default_backends(model)
@@ -170,6 +170,7 @@ class Study:
     def run(self) -> "Study":
         self._stop.clear()
         self.stopped = False
+        self.candidates = []  # a second run() re-reads every finished row from the store
         self._emit("study_started", {"total": self.total})
         bar = _progress_bar(self.total) if self.progress else None
         broken: set[tuple] = set()
@@ -225,7 +226,7 @@ class Study:
     def _build(self, item: Planned) -> dict:
         """Reuse a stored row, or build the artifact, measure it and store the row."""
         key = self._key(item)
-        store = self.store or self._scratch
+        store = self.store
         cached = store.get(key)
         if cached is not None:
             self._emit("candidate_started", self._started(item, cached=True))
@@ -393,6 +394,20 @@ def optimize(model: Any, calib: Any = None, eval: Any = None, metric: str | Call
 
 
 # -- helpers -------------------------------------------------------------------------------------------
+def _check_same_inputs(calib: Data | None, eval_data: Data) -> None:
+    """Calibration data must feed the model the way the evaluation data does."""
+    if calib is None:
+        return
+    if calib.input_names != eval_data.input_names:
+        raise NboptError(f"The calibration data has inputs {calib.input_names} but the evaluation data has "
+                         f"{eval_data.input_names}: give both the same inputs.")
+    c, e = calib.example(1), eval_data.example(1)
+    for name in e:
+        if c[name].shape[1:] != e[name].shape[1:]:
+            raise NboptError(f"Calibration examples of '{name}' have shape {c[name].shape[1:]} but evaluation "
+                             f"examples have {e[name].shape[1:]}: give both in the model's input shape.")
+
+
 def _empty_row(item: Planned) -> dict:
     row = {c: None for c in COLUMNS}
     row.update(name=item.name, backend=item.backend, recipe=item.recipe.name, params=dict(item.recipe.params),

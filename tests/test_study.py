@@ -176,6 +176,7 @@ def test_peak_memory_is_measured_in_a_fresh_process(digits, digits_cnn, store):
     (dict(recipes=[{"prune-structured": {"amount": 1.5}}]), "amount' is 1.5; it must lie between"),
     (dict(recipes=[{"int8-static": {"colour": "red"}}]), "has no parameter 'colour'"),
     (dict(metric="accuracy", eval=np.zeros((5, 1, 8, 8), np.float32)), "needs labels"),
+    (dict(calib=np.zeros((5, 64), np.float32)), r"Calibration examples of 'input' have shape \(64,\)"),
 ])
 def test_bad_input_is_one_clear_error(kwargs, message, digits, digits_cnn, store):
     xtr, ytr, xval, yval = digits
