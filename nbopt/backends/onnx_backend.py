@@ -335,7 +335,7 @@ class OnnxBackend(Backend):
         ops = {m[1] for m in weight_nodes_meta(proto)}
         recipes = [Recipe("fp16"), Recipe("int8-dynamic"), Recipe("int8-static"), Recipe("mixed-precision")]
         if ops & {"MatMul", "Gemm"}:
-            recipes.append(Recipe("int4-weight-only"))
+            recipes += [Recipe("int8-weight-only"), Recipe("int4-weight-only")]
         return [self.validate(r) for r in recipes]
 
     def versions(self) -> dict[str, str]:
@@ -548,12 +548,25 @@ def _int8_static(backend: OnnxBackend, prepared: OnnxPrepared, params: dict, ctx
                           f"{summary}; {pre_note}", quantized=summary)
 
 
-@OnnxBackend.recipe("int4-weight-only",
-                    block_size=Param(32, choices=(16, 32, 64, 128, 256)),
-                    symmetric=Param(False, choices=(True, False)),
-                    accuracy_level=Param(0, choices=(0, 1, 2, 3, 4),
-                                         help="MatMulNBits compute precision: 0 unset, 4 int8 compute"))
+_NBITS_PARAMS = dict(
+    symmetric=Param(False, choices=(True, False)),
+    accuracy_level=Param(0, choices=(0, 1, 2, 3, 4), help="MatMulNBits compute precision: 0 unset, 4 int8 compute"))
+
+
+@OnnxBackend.recipe("int4-weight-only", block_size=Param(32, choices=(16, 32, 64, 128, 256)), **_NBITS_PARAMS)
 def _int4(backend: OnnxBackend, prepared: OnnxPrepared, params: dict, ctx: Context) -> Artifact:
+    return _weight_only(backend, prepared, params, ctx, bits=4)
+
+
+@OnnxBackend.recipe("int8-weight-only", block_size=Param(128, choices=(16, 32, 64, 128, 256)), **_NBITS_PARAMS)
+def _int8_weight_only(backend: OnnxBackend, prepared: OnnxPrepared, params: dict, ctx: Context) -> Artifact:
+    # Weights int8 in blocks, activations left float: no activation-quantization error, which is what
+    # costs transformer encoders their fidelity under quantize_dynamic.
+    return _weight_only(backend, prepared, params, ctx, bits=8)
+
+
+def _weight_only(backend: OnnxBackend, prepared: OnnxPrepared, params: dict, ctx: Context, bits: int) -> Artifact:
+    """Block-wise weight-only quantization of MatMul weights with MatMulNBits (Gemm rewritten first)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -563,7 +576,7 @@ def _int4(backend: OnnxBackend, prepared: OnnxPrepared, params: dict, ctx: Conte
     before = sum(1 for n in model.graph.node if n.op_type == "MatMul")
 
     def run():
-        q = MatMulNBitsQuantizer(model, bits=4, block_size=params["block_size"],
+        q = MatMulNBitsQuantizer(model, bits=bits, block_size=params["block_size"],
                                  is_symmetric=params["symmetric"], accuracy_level=params["accuracy_level"] or None)
         q.process()
         return q.model.model
@@ -571,13 +584,13 @@ def _int4(backend: OnnxBackend, prepared: OnnxPrepared, params: dict, ctx: Conte
     qmodel = _ort_call("onnxruntime.quantization MatMulNBitsQuantizer", run)
     done = sum(1 for n in qmodel.graph.node if n.op_type == "MatMulNBits")
     if done == 0:
-        raise CandidateError("int4-weight-only quantizes MatMul weights only (MatMulNBits), and no MatMul "
+        raise CandidateError(f"int{bits}-weight-only quantizes MatMul weights only (MatMulNBits), and no MatMul "
                              "with a constant 2-D weight in this model could be quantized.")
     out = ctx.workdir / "model.onnx"
     save_model(qmodel, out)
     gemm = f" ({n_gemm} Gemm rewritten as MatMul+Add first)" if n_gemm else ""
-    return _artifact(out, f"int4 weight-only MatMulNBits ({_fmt(params)}): {done}/{before} MatMul{gemm}, "
-                          f"other ops float; {pre_note}", quantized=f"{done}/{before} MatMul")
+    return _artifact(out, f"int{bits} weight-only MatMulNBits ({_fmt(params)}): {done}/{before} MatMul{gemm}, "
+                          f"activations and other ops float; {pre_note}", quantized=f"{done}/{before} MatMul")
 
 
 @OnnxBackend.recipe("mixed-precision", needs_calib=True,
