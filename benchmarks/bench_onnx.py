@@ -122,8 +122,8 @@ def main():
                         op_types_to_quantize=["MatMul", "Gemm", "Conv"], calibrate_method=method,
                         extra_options={"MatMulConstBOnly": True})
 
-    def direct_int4(out):
-        q = MatMulNBitsQuantizer(onnx.load(str(raw)), bits=4, block_size=32)
+    def direct_nbits(out, bits, block_size):
+        q = MatMulNBitsQuantizer(onnx.load(str(raw)), bits=bits, block_size=block_size)
         q.process()
         onnx.save_model(q.model.model, str(out))
 
@@ -132,7 +132,8 @@ def main():
         (Recipe("int8-dynamic"), direct_dyn),
         (Recipe("int8-static", {"calibration": "minmax"}), lambda o: direct_static(o, CalibrationMethod.MinMax)),
         (Recipe("int8-static", {"calibration": "entropy"}), lambda o: direct_static(o, CalibrationMethod.Entropy)),
-        (Recipe("int4-weight-only"), direct_int4),
+        (Recipe("int4-weight-only"), lambda o: direct_nbits(o, 4, 32)),
+        (Recipe("int8-weight-only"), lambda o: direct_nbits(o, 8, 128)),
     ]
     rows = []
     for i, (recipe, direct) in enumerate(cases):
