@@ -1,6 +1,6 @@
 """Getting a model into ONNX: export a torch module, or load an .onnx file / ModelProto, with clear errors.
 
-Imported only by ``nbopt.backends.onnx_backend`` (onnx, onnxruntime and torch are imported lazily here).
+Imported only by the onnx backend modules (onnx, onnxruntime and torch are imported lazily here).
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ def count_params(model) -> int:
 
 def unstructured(model, amount: float):
     """Global L1 unstructured pruning of every Conv/Linear weight, made permanent (``prune.remove``)."""
-    torch = import_torch()
+    import_torch()  # quietly, before torch.nn.utils pulls it in
     from torch.nn.utils import prune
 
     model = copy.deepcopy(model)

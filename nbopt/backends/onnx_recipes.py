@@ -1,0 +1,185 @@
+"""The ONNX backend's recipe handlers (registered on OnnxBackend by their decorators).
+
+Imported at the end of ``onnx_backend``; onnx and onnxruntime are imported inside the handlers only.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ..errors import CandidateError, NboptError
+from .base import Artifact, Context, Param
+from .onnx_backend import OnnxBackend, OnnxPrepared, _artifact
+from .onnx_export import model_files, save_model
+from .onnx_graph import _fix_external_location, _gemm_to_matmul, _quant_summary
+from .onnx_quant import _ort_call
+from .onnx_sensitivity import fidelity, keep_float_steps
+
+
+@OnnxBackend.recipe("fp16")
+def _fp16(backend: OnnxBackend, prepared: OnnxPrepared, params: dict, ctx: Context) -> Artifact:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    src, pre_note = backend.preprocessed(prepared)
+    model = onnx.load(str(src))
+    half = _ort_call("onnxruntime.transformers.float16.convert_float_to_float16", convert_float_to_float16,
+                     model, keep_io_types=True)
+    out = ctx.workdir / "model.onnx"
+    save_model(half, out)
+    return _artifact(out, f"fp16 weights and compute (inputs/outputs kept float32) via onnxruntime.transformers."
+                          f"float16; {pre_note}")
+
+
+@OnnxBackend.recipe("int8-dynamic", per_channel=Param(False, choices=(True, False)),
+                    reduce_range=Param(False, choices=(True, False)),
+                    weight_type=Param("int8", choices=("int8", "uint8")))
+def _int8_dynamic(backend: OnnxBackend, prepared: OnnxPrepared, params: dict, ctx: Context) -> Artifact:
+    src, pre_note = backend.preprocessed(prepared)
+    out = ctx.workdir / "model.onnx"
+    backend._dynamic(src, out, **params)
+    summary = _quant_summary(src, out)
+    return _artifact(out, f"quantize_dynamic ({_fmt(params)}): {summary}; {pre_note}", quantized=summary)
+
+
+@OnnxBackend.recipe("int8-static", needs_calib=True,
+                    calibration=Param("minmax", choices=("minmax", "entropy", "percentile")),
+                    per_channel=Param(True, choices=(True, False)),
+                    activation_type=Param("uint8", choices=("uint8", "int8")),
+                    reduce_range=Param(False, choices=(True, False)),
+                    op_types=Param("weights", choices=("weights", "all"),
+                                   help="'weights': Conv/MatMul/Gemm with constant weights only; "
+                                        "'all': every op type onnxruntime can quantize (its default)"))
+def _int8_static(backend: OnnxBackend, prepared: OnnxPrepared, params: dict, ctx: Context) -> Artifact:
+    src, pre_note = backend.preprocessed(prepared)
+    out = ctx.workdir / "model.onnx"
+    backend._static(prepared, src, out, ctx.calib, **params)
+    summary = _quant_summary(src, out)
+    n = ctx.calib.num_examples if hasattr(ctx.calib, "num_examples") else "?"
+    return _artifact(out, f"quantize_static QDQ ({_fmt(params)}), calibrated on {n} calibration examples: "
+                          f"{summary}; {pre_note}", quantized=summary)
+
+
+_NBITS_PARAMS = dict(
+    symmetric=Param(False, choices=(True, False)),
+    accuracy_level=Param(0, choices=(0, 1, 2, 3, 4), help="MatMulNBits compute precision: 0 unset, 4 int8 compute"))
+
+
+@OnnxBackend.recipe("int4-weight-only", block_size=Param(32, choices=(16, 32, 64, 128, 256)), **_NBITS_PARAMS)
+def _int4(backend: OnnxBackend, prepared: OnnxPrepared, params: dict, ctx: Context) -> Artifact:
+    return _weight_only(backend, prepared, params, ctx, bits=4)
+
+
+@OnnxBackend.recipe("int8-weight-only", block_size=Param(128, choices=(16, 32, 64, 128, 256)), **_NBITS_PARAMS)
+def _int8_weight_only(backend: OnnxBackend, prepared: OnnxPrepared, params: dict, ctx: Context) -> Artifact:
+    # Weights int8 in blocks, activations left float: no activation-quantization error, which is what
+    # costs transformer encoders their fidelity under quantize_dynamic.
+    return _weight_only(backend, prepared, params, ctx, bits=8)
+
+
+def _weight_only(backend: OnnxBackend, prepared: OnnxPrepared, params: dict, ctx: Context, bits: int) -> Artifact:
+    """Block-wise weight-only quantization of MatMul weights with MatMulNBits (Gemm rewritten first)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    src, pre_note = backend.preprocessed(prepared)
+    model = onnx.load(str(src))
+    n_gemm = _gemm_to_matmul(model)
+    before = sum(1 for n in model.graph.node if n.op_type == "MatMul")
+
+    def run():
+        q = MatMulNBitsQuantizer(model, bits=bits, block_size=params["block_size"],
+                                 is_symmetric=params["symmetric"], accuracy_level=params["accuracy_level"] or None)
+        q.process()
+        return q.model.model
+
+    qmodel = _ort_call("onnxruntime.quantization MatMulNBitsQuantizer", run)
+    done = sum(1 for n in qmodel.graph.node if n.op_type == "MatMulNBits")
+    if done == 0:
+        raise CandidateError(f"int{bits}-weight-only quantizes MatMul weights only (MatMulNBits), and no MatMul "
+                             "with a constant 2-D weight in this model could be quantized.")
+    out = ctx.workdir / "model.onnx"
+    save_model(qmodel, out)
+    gemm = f" ({n_gemm} Gemm rewritten as MatMul+Add first)" if n_gemm else ""
+    return _artifact(out, f"int{bits} weight-only MatMulNBits ({_fmt(params)}): {done}/{before} MatMul{gemm}, "
+                          f"activations and other ops float; {pre_note}", quantized=f"{done}/{before} MatMul")
+
+
+@OnnxBackend.recipe("mixed-precision", needs_calib=True,
+                    mode=Param("dynamic", choices=("dynamic", "static")),
+                    keep_float=Param("auto", help="'auto' or how many of the most sensitive nodes stay float"),
+                    per_channel=Param("auto", choices=("auto", True, False)),
+                    reduce_range=Param("auto", choices=("auto", True, False)),
+                    max_size_growth=Param(0.1, low=0.0, high=10.0,
+                                          help="'auto' keeps float weights up to this fraction of the "
+                                               "fully quantized model's size"))
+def _mixed(backend: OnnxBackend, prepared: OnnxPrepared, params: dict, ctx: Context) -> Artifact:
+    keep = params["keep_float"]
+    if keep != "auto" and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 0):
+        raise NboptError(f"Recipe 'mixed-precision' parameter 'keep_float' is {keep!r}; give 'auto' or a "
+                         "whole number of nodes (0 or more).")
+    mode = params["mode"]
+    src, pre_note = backend.preprocessed(prepared)
+    feeds, ref = backend._reference(prepared, ctx.calib)
+    sens = backend.sensitivity(prepared, ctx.calib, mode=mode)
+    ranked = sens.dropna(subset=["rel_error"])
+    work = ctx.workdir / "search"
+    work.mkdir(parents=True, exist_ok=True)
+    trials: list[dict] = []
+
+    def build(cfg: dict, k: int, path: Path) -> dict:
+        exclude = list(ranked["node"][:k])
+        if mode == "dynamic":
+            backend._dynamic(src, path, per_channel=cfg["per_channel"], reduce_range=cfg["reduce_range"],
+                             exclude=exclude)
+        else:
+            backend._static(prepared, src, path, ctx.calib, per_channel=cfg["per_channel"],
+                            reduce_range=cfg["reduce_range"], exclude=exclude)
+        fid = fidelity(ref, backend._outputs(path, feeds))
+        row = {**cfg, "k": k, **fid, "size": sum(f.stat().st_size for f in model_files(path)), "path": path}
+        trials.append(row)
+        return row
+
+    pcs = (False, True) if params["per_channel"] == "auto" else (params["per_channel"],)
+    rrs = (False, True) if params["reduce_range"] == "auto" else (params["reduce_range"],)
+    i = 0
+    # 1) the quantizer's own options, everything quantized
+    full = []
+    for pc in pcs:
+        for rr in rrs:
+            full.append(build({"per_channel": pc, "reduce_range": rr}, 0, work / f"t{i}.onnx"))
+            i += 1
+    best_cfg = min(full, key=lambda r: r["rel_error"])
+    cfg = {"per_channel": best_cfg["per_channel"], "reduce_range": best_cfg["reduce_range"]}
+    # 2) keep the most sensitive nodes in float, within the size budget
+    if keep == "auto":
+        budget = params["max_size_growth"] * best_cfg["size"] / 3.0  # a float weight costs ~3 bytes more
+        for k in keep_float_steps(ranked, budget):
+            build(cfg, k, work / f"t{i}.onnx")
+            i += 1
+        pool = [t for t in trials if t["per_channel"] == cfg["per_channel"]
+                and t["reduce_range"] == cfg["reduce_range"]]
+        lowest = min(t["rel_error"] for t in pool)
+        chosen = min((t for t in pool if t["rel_error"] <= lowest * 1.05 + 1e-9), key=lambda t: (t["size"], t["k"]))
+    else:
+        chosen = build(cfg, min(keep, len(ranked)), work / f"t{i}.onnx")
+    out = ctx.workdir / "model.onnx"
+    for f in model_files(chosen["path"]):
+        shutil.move(str(f), str(ctx.workdir / f.name.replace(chosen["path"].name, out.name, 1)))
+    _fix_external_location(out, chosen["path"].name)
+    shutil.rmtree(work, ignore_errors=True)
+    kept = list(ranked["node"][: chosen["k"]])
+    ref_row = next((t for t in trials if t["k"] == 0 and not t["per_channel"] and not t["reduce_range"]), None)
+    vs = (f" vs {ref_row['rel_error']:.2%} with onnxruntime's defaults"
+          if ref_row is not None and ref_row is not chosen else "")
+    kept_txt = f"kept {len(kept)} most sensitive node(s) in float ({', '.join(kept[:4])}" \
+               f"{', ...' if len(kept) > 4 else ''})" if kept else "kept no node in float"
+    summary = _quant_summary(src, out)
+    notes = (f"mixed precision ({mode}, {'searched' if keep == 'auto' else 'fixed'}): chose per_channel="
+             f"{chosen['per_channel']}, reduce_range={chosen['reduce_range']}, {kept_txt}; relative output "
+             f"error on calibration data {chosen['rel_error']:.2%}{vs}; {summary}; {len(trials)} trials; {pre_note}")
+    return _artifact(out, notes, quantized=summary, kept_float=len(kept), calib_rel_error=chosen["rel_error"])
+
+
+def _fmt(params: dict) -> str:
+    return ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in params.items())
