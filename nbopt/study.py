@@ -90,7 +90,7 @@ class Study:
         _check_same_inputs(self.calib_data, self.eval_data)
         self.backends: dict[str, Backend] = self._backends(model, backends)
         self.model = model
-        self._prepared = {name: b.prepare(model, self.eval_data) for name, b in self.backends.items()}
+        self._prepared, self._unusable = self._prepare(model)
         self._model_fp = {name: b.fingerprint(model) for name, b in self.backends.items()}
         self.plan: list[Planned] = self._plan(parse_recipes(recipes))
         self.store = Store(store if store is not None else _tempdir())  # None: a folder removed at exit
@@ -116,9 +116,23 @@ class Study:
             out[name] = backend
         return out
 
+    def _prepare(self, model: Any) -> tuple[dict[str, Any], dict[str, str]]:
+        """Each backend's prepared model; a backend that cannot convert this model (CandidateError) keeps
+        its reason and shows up as a failed baseline row, so the other backends still run."""
+        prepared, unusable = {}, {}
+        for name, backend in self.backends.items():
+            try:
+                prepared[name] = backend.prepare(model, self.eval_data)
+            except CandidateError as exc:
+                unusable[name] = _one_line(exc)
+        return prepared, unusable
+
     def _plan(self, recipes: list[Recipe] | None) -> list[Planned]:
         plan: list[Planned] = []
         for name, backend in self.backends.items():
+            if name in self._unusable:
+                plan += [Planned(name, r, f"the {name} backend could not take the model") for r in recipes or []]
+                continue
             chosen = recipes if recipes is not None else backend.default_recipes(self._prepared[name])
             for recipe in chosen:
                 plan.append(self._planned(name, backend, recipe, explicit=recipes is not None))
@@ -203,7 +217,11 @@ class Study:
             bar.update(1)
 
     def _baseline(self, name: str) -> dict:
-        row = self._build(Planned(name, BASELINE))
+        if name in self._unusable:
+            row = _empty_row(Planned(name, BASELINE))
+            row.update(status="failed", error=self._unusable[name])
+        else:
+            row = self._build(Planned(name, BASELINE))
         self._baseline_rows[name] = row
         return row
 
@@ -321,6 +339,8 @@ class Study:
         return self._sensitivity_backend(backend).sensitivity_cost(self._prepared[backend], self.calib_data)
 
     def _sensitivity_backend(self, backend: str) -> Backend:
+        if backend in self._unusable:
+            raise NboptError(f"The {backend} backend could not take the model: {self._unusable[backend]}")
         if backend not in self.backends or not hasattr(self.backends[backend], "sensitivity"):
             have = [n for n, b in self.backends.items() if hasattr(b, "sensitivity")]
             raise NboptError(f"No sensitivity analysis for backend '{backend}'; available for: {have or 'none'} "

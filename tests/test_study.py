@@ -223,3 +223,18 @@ def test_torch_and_onnx_on_one_plot(digits, digits_cnn, store):
         assert cand["size_ratio"] == pytest.approx(cand["size_bytes"] / base["size_bytes"])
     names = {t.name for t in study.plot().data}
     assert {"torch", "onnx", "torch baseline", "onnx baseline"} <= names
+
+
+def test_backend_that_cannot_take_the_model_is_a_failed_row(digits, digits_cnn, store):
+    pytest.importorskip("tensorflow")
+    import importlib.util
+
+    if importlib.util.find_spec("litert_torch") is not None:
+        pytest.skip("litert-torch is installed: the torch model converts to TFLite")
+    xtr, ytr, xval, yval = digits
+    study = nbopt.optimize(digits_cnn, calib=(xtr, ytr), eval=(xval, yval), store=store, backends=["torch", "tflite"],
+                           recipes=["int8-dynamic"], **FAST)
+    rows = study.results.set_index("name")
+    assert rows.loc["torch:int8-dynamic", "status"] == "ok"
+    assert rows.loc["tflite:baseline", "status"] == "failed" and "litert-torch" in rows.loc["tflite:baseline", "error"]
+    assert rows.loc["tflite:int8-dynamic", "status"] == "skipped"

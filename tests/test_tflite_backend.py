@@ -302,9 +302,9 @@ def test_torch_model_goes_through_litert_torch_or_says_why(backend, data):
     try:
         import litert_torch  # noqa: F401
     except ImportError:
-        with pytest.raises(NboptError, match="litert-torch"):
+        with pytest.raises(CandidateError, match="litert-torch"):  # a failed row in a study, not a crash
             backend.prepare(net, nchw)
-        assert not TFLiteBackend.accepts(net)
+        assert TFLiteBackend.accepts(net)
         return
     prep = backend.prepare(net, nchw)
     assert isinstance(prep, TFLitePrepared) and prep.kind == "torch"

@@ -57,11 +57,8 @@ class TFLiteBackend(Backend):
             return p.suffix in (".tflite", ".keras") or (p.is_dir() and (p / "saved_model.pb").exists())
         if _is_keras(model):
             return True
-        if _is_torch(model):
-            import importlib.util
-
-            return importlib.util.find_spec("litert_torch") is not None
-        return False
+        # PyTorch goes through litert-torch; without it, prepare() says so and the row fails with that reason
+        return _is_torch(model)
 
     def warm_imports(self) -> None:
         interpreter_class()

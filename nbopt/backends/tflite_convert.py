@@ -78,7 +78,7 @@ def _torch_to_tflite(model, data, workdir: Path) -> tuple[bytes, str]:
     try:
         import litert_torch
     except ImportError as exc:
-        raise NboptError("Converting a PyTorch model to TFLite needs litert-torch, which is not installed "
+        raise CandidateError("Converting a PyTorch model to TFLite needs litert-torch, which is not installed "
                          "(pip install litert-torch==0.10.0; it accepts torch 2.13 but downgrades "
                          "typing-extensions and pydantic, so nbopt does not install it): use the torch or "
                          "onnx backend, or convert the model yourself and pass the .tflite file.") from exc
@@ -94,6 +94,6 @@ def _torch_to_tflite(model, data, workdir: Path) -> tuple[bytes, str]:
             edge = litert_torch.convert(model.eval(), args)
             edge.export(str(out))
     except Exception as exc:  # noqa: BLE001
-        raise NboptError(f"litert-torch could not convert this PyTorch model to TFLite "
+        raise CandidateError(f"litert-torch could not convert this PyTorch model to TFLite "
                          f"({type(exc).__name__}: {_first_line(exc)[:300]}).") from exc
     return out.read_bytes(), f"litert-torch {_version('litert-torch')}"
