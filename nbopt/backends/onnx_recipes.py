@@ -101,8 +101,10 @@ def _weight_only(backend: OnnxBackend, prepared: OnnxPrepared, params: dict, ctx
     out = ctx.workdir / "model.onnx"
     save_model(qmodel, out)
     gemm = f" ({n_gemm} Gemm rewritten as MatMul+Add first)" if n_gemm else ""
-    return _artifact(out, f"int{bits} weight-only MatMulNBits ({_fmt(params)}): {done}/{before} MatMul{gemm}, "
-                          f"activations and other ops float; {pre_note}", quantized=f"{done}/{before} MatMul")
+    convs = sum(1 for n in qmodel.graph.node if n.op_type == "Conv")
+    what = f"{done}/{before} MatMul (int{bits})" + (f", 0/{convs} Conv (float)" if convs else "")
+    return _artifact(out, f"int{bits} weight-only MatMulNBits ({_fmt(params)}): {what}{gemm}, activations and "
+                          f"other ops float; {pre_note}", quantized=what)
 
 
 @OnnxBackend.recipe("mixed-precision", needs_calib=True,
