@@ -24,37 +24,22 @@ from nbopt.backends.base import Context  # noqa: E402
 from nbopt.backends.onnx_backend import OnnxBackend, _make_reader, _quiet  # noqa: E402
 from nbopt.backends.onnx_export import model_files  # noqa: E402
 from nbopt.backends.onnx_sensitivity import fidelity  # noqa: E402
+from nbopt.demo import tiny_bert_encoder, token_batch  # noqa: E402
 from nbopt.recipes import Recipe  # noqa: E402
 
 V, L = 500, 24
 
 
 def tokens(n, rng):
-    ids = rng.integers(5, V, (n, L))
-    lens = rng.integers(8, L + 1, n)
-    mask = (np.arange(L)[None] < lens[:, None]).astype(np.int64)
-    ids = ids * mask
-    label = np.minimum(((ids > 0) & (ids < 100)).sum(1) // 2, 3).astype(np.int64)
-    return {"input_ids": ids.astype(np.int64), "attention_mask": mask}, label
+    x = token_batch(n, int(rng.integers(1 << 31)), vocab=V, length=L, min_length=8)
+    label = np.minimum(((x["input_ids"] > 0) & (x["input_ids"] < 100)).sum(1) // 2, 3).astype(np.int64)
+    return x, label
 
 
 def build_model(seconds: float = 20.0):
     import torch
-    import transformers
 
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=V, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=512, max_position_embeddings=64, num_labels=4)
-
-    class Encoder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.bert = transformers.BertForSequenceClassification(cfg)
-
-        def forward(self, input_ids, attention_mask):
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask).logits
-
-    model = Encoder()
+    model = tiny_bert_encoder(vocab=V, hidden=128, max_length=64).train()
     rng = np.random.default_rng(0)
     x, y = tokens(4096, rng)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

@@ -66,3 +66,35 @@ def train_digits_cnn(epochs: int = 8, seed: int = 0, width: int = 32, hidden: in
             torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
     return model.eval()
+
+
+def token_batch(n: int, seed: int = 0, vocab: int = 200, length: int = 16, min_length: int = 6) -> dict:
+    """Random padded token ids with their attention mask: the two named inputs of a text encoder."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, vocab, (n, length))
+    lens = rng.integers(min_length, length + 1, n)
+    mask = (np.arange(length)[None] < lens[:, None]).astype(np.int64)
+    return {"input_ids": (ids * mask).astype(np.int64), "attention_mask": mask}
+
+
+def tiny_bert_encoder(vocab: int = 200, hidden: int = 64, layers: int = 2, heads: int = 4, max_length: int = 32,
+                      num_labels: int = 4, seed: int = 0):
+    """A small BERT classifier (built from a transformers config, random weights) taking
+    ``(input_ids, attention_mask)`` and returning logits: the multi-input example for ONNX export."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = transformers.BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                                  num_attention_heads=heads, intermediate_size=4 * hidden,
+                                  max_position_embeddings=max_length, num_labels=num_labels)
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = transformers.BertForSequenceClassification(cfg)
+
+        def forward(self, input_ids, attention_mask):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    return Encoder().eval()

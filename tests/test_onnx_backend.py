@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 from nbopt import data as nbdata  # noqa: E402
 from nbopt.backends.base import Context  # noqa: E402
 from nbopt.backends.onnx_backend import OnnxBackend  # noqa: E402
+from nbopt.demo import tiny_bert_encoder, token_batch  # noqa: E402
 from nbopt.backends.onnx_sensitivity import fidelity  # noqa: E402
 from nbopt.errors import CandidateError, NboptError  # noqa: E402
 from nbopt.recipes import Recipe  # noqa: E402
@@ -103,30 +104,14 @@ def test_static_needs_calibration(digits, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # tiny BERT encoder, two named inputs, dynamic batch
 # ------------------------------------------------------------------------------------------------
-def tokens(n, seed, vocab=200, length=16):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(5, vocab, (n, length))
-    lens = rng.integers(6, length + 1, n)
-    mask = (np.arange(length)[None] < lens[:, None]).astype(np.int64)
-    return {"input_ids": (ids * mask).astype(np.int64), "attention_mask": mask}
+def tokens(n, seed):
+    return token_batch(n, seed, vocab=200, length=16)
 
 
 @pytest.fixture(scope="module")
 def bert():
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=256, max_position_embeddings=32, num_labels=4)
-
-    class Encoder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.bert = transformers.BertForSequenceClassification(cfg)
-
-        def forward(self, input_ids, attention_mask):
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask).logits
-
-    model = Encoder().eval()
+    pytest.importorskip("transformers")
+    model = tiny_bert_encoder(vocab=200, hidden=64, max_length=32)
     calib = nbdata.load(tokens(128, 1), "calib")
     ev = nbdata.load(tokens(128, 2))
     backend = OnnxBackend()
