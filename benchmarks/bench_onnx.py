@@ -21,9 +21,11 @@ import numpy as np  # noqa: E402
 
 from nbopt import data as nbdata  # noqa: E402
 from nbopt.backends.base import Context  # noqa: E402
-from nbopt.backends.onnx_backend import OnnxBackend, _make_reader, _quiet  # noqa: E402
-from nbopt.backends.onnx_export import model_files  # noqa: E402
-from nbopt.backends.onnx_sensitivity import fidelity  # noqa: E402
+from nbopt.backends.onnx import OnnxBackend  # noqa: E402
+from nbopt.backends.onnx.quant import make_reader  # noqa: E402
+from nbopt.quiet import quiet  # noqa: E402
+from nbopt.backends.onnx.convert import model_files  # noqa: E402
+from nbopt.backends.onnx.sensitivity import fidelity  # noqa: E402
 from nbopt.demo import tiny_bert_encoder, token_batch  # noqa: E402
 from nbopt.recipes import Recipe  # noqa: E402
 
@@ -102,7 +104,7 @@ def main():
 
     def direct_static(out, method):
         feeds = backend.calib_feeds(prepared, calib)
-        quantize_static(str(raw), str(out), _make_reader(feeds), quant_format=QuantFormat.QDQ,
+        quantize_static(str(raw), str(out), make_reader(feeds), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=["MatMul", "Gemm", "Conv"], calibrate_method=method,
                         extra_options={"MatMulConstBOnly": True})
@@ -123,7 +125,7 @@ def main():
     rows = []
     for i, (recipe, direct) in enumerate(cases):
         out = tmp / f"direct_{i}.onnx"
-        with _quiet():
+        with quiet():
             d_t, _ = timed(lambda: direct(out))
         ctx = Context(workdir=tmp / f"nbopt_{i}", calib=calib)
         ctx.workdir.mkdir()
@@ -136,7 +138,7 @@ def main():
 
     # -- fidelity: nbopt's default sweep vs quantize_dynamic defaults --------------------------------
     peer = tmp / "peer_default.onnx"
-    with _quiet():
+    with quiet():
         quantize_dynamic(str(raw), str(peer))
     peer_size = size(peer)
     results = [("fp32 baseline", size(raw), ref, "")]

@@ -37,7 +37,7 @@ def main() -> None:
     from sklearn.datasets import load_digits
 
     from nbopt.backends.base import Context
-    from nbopt.backends.tflite_backend import TFLiteBackend
+    from nbopt.backends.tflite import TFLiteBackend
     from nbopt.data import load
     from nbopt.recipes import Recipe
 

@@ -39,7 +39,7 @@ def recipe_overhead(model, data) -> None:
     from bench_torch_direct import bench_direct
 
     from nbopt.backends.base import Context
-    from nbopt.backends.torch_backend import TorchBackend
+    from nbopt.backends.torch import TorchBackend
     from nbopt.data import load
     from nbopt.recipes import Recipe
 

@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 __all__ = ["optimize", "Study", "Candidate", "Panel", "NboptError", "load_ipython_extension", "__version__"]
 

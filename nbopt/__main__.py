@@ -1,4 +1,13 @@
-"""Command line: ``python -m nbopt demo`` runs the default sweep on the built-in digits demo."""
+"""Command line (``nbopt`` or ``python -m nbopt``).
+
+  nbopt optimize MODEL --eval DATA [--calib DATA] [--metric M] [--recipes SPEC] [--backends LIST]
+                 [--max-drop X] [--store DIR] [--report FILE] [--export PATH]
+  nbopt report STORE [--out FILE]
+  nbopt demo     runs the default sweep on the built-in digits demo
+
+Exit 0 on success, 2 on a usage error (one line, no traceback), 3 when --max-drop is given and no
+optimized candidate fits it. The implementation of optimize and report is in ``nbopt.cli``.
+"""
 from __future__ import annotations
 
 import argparse
@@ -32,16 +41,24 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nbopt", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    from . import cli
+
+    parser = argparse.ArgumentParser(prog="nbopt", description="Make a model fit on a phone: quantize, prune, "
+                                     "measure on the real runtimes, pick from the results.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    cli.add_optimize_parser(sub)
+    cli.add_report_parser(sub)
     p = sub.add_parser("demo", help="train a digits CNN, run the default sweep, write an HTML report")
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--store", default=".nbopt")
-    p.add_argument("--report", default="nbopt-report.html")
-    p.add_argument("--max-drop", type=float, default=0.01)
+    p.add_argument("--epochs", type=int, default=8, help="training epochs of the demo CNN (default 8)")
+    p.add_argument("--store", default=".nbopt", help="folder where results are kept (default .nbopt)")
+    p.add_argument("--report", default="nbopt-report.html", help="where to write the HTML report")
+    p.add_argument("--max-drop", type=float, default=0.01, help="accuracy budget for the best pick (default 0.01)")
     p.add_argument("--allow-failures", action="store_true", help="exit 0 even if a candidate failed")
+    p.set_defaults(run=demo)
     args = parser.parse_args(argv)
-    return {"demo": demo}[args.command](args)
+    if args.command == "demo":
+        return demo(args)
+    return cli.dispatch(args)
 
 
 if __name__ == "__main__":

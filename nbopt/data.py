@@ -131,7 +131,7 @@ def _to_hf(obj: Any, role: str):
     if isinstance(obj, datasets.DatasetDict):
         return _pick_split(obj, role)
     if isinstance(obj, (str, Path)):
-        return _from_path(Path(obj))
+        return _from_path(Path(obj), role)
     mod = type(obj).__module__
     if mod.startswith("pandas"):
         if len(obj) == 0:
@@ -149,7 +149,7 @@ def _to_hf(obj: Any, role: str):
         return _from_examples(_array_examples(obj, None))
     raise NboptError(f"nbopt cannot read {role} data of type {type(obj).__name__}: give arrays, (inputs, "
                      "labels), a datasets.Dataset, a DataFrame, a torch Dataset/DataLoader, a tf.data.Dataset, "
-                     "or a path to a CSV / Parquet / JSON file or an image folder.")
+                     "or a path to a .npz / CSV / Parquet / JSON file, a saved datasets folder or an image folder.")
 
 
 def _pick_split(dd, role: str):
@@ -161,20 +161,68 @@ def _pick_split(dd, role: str):
     return dd[next(iter(dd))]
 
 
-def _from_path(path: Path):
+def _from_path(path: Path, role: str = "eval"):
     import datasets
 
     if not path.exists():
         raise NboptError(f"Data path '{path}' does not exist: check the path.")
     if path.is_dir():
+        if _is_saved_dataset(path):
+            return _from_saved(path, role)
         ds = datasets.load_dataset("imagefolder", data_dir=str(path), split="train")
         return _images_to_arrays(ds)
+    if path.suffix.lower() == ".npz":
+        return _from_npz(path)
     builder = _TABULAR_SUFFIXES.get(path.suffix.lower())
     if builder is None:
-        raise NboptError(f"Cannot read data file '{path.name}': use a .csv, .parquet, .json or .jsonl file, "
-                         "or an image folder.")
+        raise NboptError(f"Cannot read data file '{path.name}': use a .npz, .csv, .parquet, .json or .jsonl file, "
+                         "a folder saved with datasets' save_to_disk, or an image folder.")
     kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
     return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+
+
+NPZ_LABELS = ("labels", "label")
+
+
+def _from_npz(path: Path):
+    """``.npz``: one array per model input (named after it) plus an optional ``labels`` / ``label`` array;
+    a single non-label array is a single-input model's input."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except Exception as exc:  # noqa: BLE001 - a corrupt file, or object arrays (pickles are refused)
+        raise NboptError(f"Cannot read '{path.name}' as a NumPy .npz file of plain arrays "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}).") from None
+    found = [k for k in NPZ_LABELS if k in arrays]
+    if len(found) > 1:
+        raise NboptError(f"'{path.name}' has both 'labels' and 'label' arrays: keep one of them.")
+    sizes = {k: (len(v) if np.ndim(v) else 0) for k, v in arrays.items()}
+    labels = arrays.pop(found[0]) if found else None
+    if not arrays:
+        raise NboptError(f"'{path.name}' holds no input arrays, only labels: save one array per model input.")
+    if len(set(sizes.values())) > 1 or 0 in sizes.values():
+        counts = ", ".join(f"{k}: {n}" for k, n in sizes.items())
+        raise NboptError(f"The arrays in '{path.name}' must all have the same number of examples (one row each, "
+                         f"at least one), but they have {counts}.")
+    inputs = next(iter(arrays.values())) if len(arrays) == 1 else arrays
+    return _from_examples(_array_examples(inputs, labels))
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    """A folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
+    return (path / "dataset_dict.json").is_file() or (
+        (path / "state.json").is_file() and (path / "dataset_info.json").is_file())
+
+
+def _from_saved(path: Path, role: str):
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))  # memory-mapped Arrow files, no network
+    except Exception as exc:  # noqa: BLE001
+        raise NboptError(f"Cannot read the saved dataset in '{path}' ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}).") from None
+    return _pick_split(ds, role) if isinstance(ds, datasets.DatasetDict) else ds
 
 
 def _images_to_arrays(ds):

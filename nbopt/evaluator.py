@@ -14,7 +14,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,6 @@ class Measurement:
     threads: int
     batch_size: int
     peak_memory_mb: float | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def run_all(runner: Runner, data: Data, batch_size: int = 64) -> np.ndarray:

@@ -8,13 +8,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import NboptError
+from .schema import CARD_METRICS, OK
 
 
 def export_candidate(candidate, path: Path) -> Path:
     """Copy the artifact to ``path`` (companion files, e.g. ONNX external data, beside it, same names)
     and write ``<path stem>.json``, the model card. Returns the written model path."""
     row = candidate.row
-    if row["status"] != "ok":
+    if row["status"] != OK:
         raise NboptError(f"Candidate '{row['name']}' has no artifact to export (status {row['status']}: "
                          f"{row['error']}).")
     files = [Path(f) for f in row.get("artifact_files") or [row["artifact_path"]]]
@@ -26,10 +27,13 @@ def export_candidate(candidate, path: Path) -> Path:
     if path.suffix != suffix:
         path = path.with_name(path.name + suffix) if not path.suffix else path.with_suffix(suffix)
     path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(main, path)
-    for extra in files:
-        if extra != main:  # referenced by relative name from the main file: keep the name
-            shutil.copyfile(extra, path.parent / extra.name)
+    if main.is_dir():  # a package format (.mlpackage): the folder is the model
+        shutil.copytree(main, path, dirs_exist_ok=True)
+    else:
+        shutil.copyfile(main, path)
+        for extra in files:
+            if extra != main:  # referenced by relative name from the main file: keep the name
+                shutil.copyfile(extra, path.parent / extra.name)
     card_path = path.with_suffix(".json")
     card_path.write_text(json.dumps(model_card(candidate, path), indent=2, default=str))
     return path
@@ -39,9 +43,7 @@ def model_card(candidate, path: Path) -> dict:
     study = candidate.study
     row = candidate.row
     backend = study.backends.get(row["backend"])
-    metrics = {k: row.get(k) for k in ("size_bytes", "size_ratio", "size_compressed_bytes", "accuracy",
-                                       "accuracy_drop", "latency_ms", "latency_p90_ms", "peak_memory_mb",
-                                       "threads", "batch_size")}
+    metrics = {k: row.get(k) for k in CARD_METRICS}
     return {
         "model_file": path.name,
         "format": row["format"],
@@ -61,6 +63,6 @@ def model_card(candidate, path: Path) -> dict:
 
 
 def _nbopt_version() -> str:
-    from . import __version__
+    from ._version import __version__
 
     return __version__

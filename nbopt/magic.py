@@ -25,7 +25,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from .errors import NboptError
+from .errors import NboptError, one_line
 
 # Body keys -> nbopt.Study keyword; values are checked here so that a wrong type is one clear sentence.
 _BODY_KEYS = {
@@ -76,13 +76,14 @@ class OptimizeMagics(Magics):
         data = self._variable("--eval", args.eval) if args.eval else None
 
         from .study import Study
-        from .widget import Panel, wait_for_sweeps
+        from .sweep import wait_for_sweeps
+        from .widget import Panel
 
         wait_for_sweeps()  # a sweep started by an earlier cell must not run beside this one
         try:
             study = Study(model, calib=calib, eval=data, progress=False, **kwargs)
         except NboptError as exc:
-            raise UsageError(_one_line(exc)) from None
+            raise UsageError(one_line(exc)) from None
 
         shell = self.shell
         name = args.out or ""
@@ -195,14 +196,9 @@ def _check(key: str, value: Any) -> Any:
     return value
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
 def load_ipython_extension(ipython) -> None:
     """``%load_ext nbopt``: registers ``%%optimize`` (and its one-line form ``%optimize``) and the hook that makes later cells wait for a sweep."""
-    from .widget import wait_for_sweeps
+    from .sweep import wait_for_sweeps
 
     ipython.register_magics(OptimizeMagics)
     if wait_for_sweeps not in ipython.events.callbacks["pre_run_cell"]:
@@ -210,7 +206,7 @@ def load_ipython_extension(ipython) -> None:
 
 
 def unload_ipython_extension(ipython) -> None:
-    from .widget import wait_for_sweeps
+    from .sweep import wait_for_sweeps
 
     if wait_for_sweeps in ipython.events.callbacks["pre_run_cell"]:
         ipython.events.unregister("pre_run_cell", wait_for_sweeps)

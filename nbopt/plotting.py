@@ -50,17 +50,3 @@ def _hover(row) -> str:
     if row.get("notes"):
         parts.append(str(row["notes"])[:200])
     return "<br>".join(parts)
-
-
-def sensitivity_figure(table, top: int = 20):
-    """Bar chart of the most quantization-sensitive layers (from ``Study.sensitivity_table``)."""
-    import plotly.graph_objects as go
-
-    ok = table[table["error"].fillna("") == ""] if "error" in table else table
-    head = ok.sort_values("rank").head(top).iloc[::-1]
-    fig = go.Figure(go.Bar(x=head["rel_error"], y=head["node"] + " (" + head["op_type"] + ")", orientation="h",
-                           hovertemplate="%{y}<br>relative output error %{x:.3%}<extra></extra>"))
-    fig.update_layout(title="Which layers break accuracy when quantized alone", template="plotly_white",
-                      xaxis_title="relative output error vs fp32 (calibration data)", xaxis_tickformat=".2%",
-                      height=max(300, 24 * len(head) + 120))
-    return fig

@@ -1,7 +1,10 @@
-"""Recipes: one technique with its parameters, and the grid a list value expands into.
+"""Recipes: one technique with its parameters, the one vocabulary every backend shares, and the grid a
+list value expands into.
 
 A recipe names *what* is done (``int8-static`` with ``calibration: entropy``), never how a backend does
-it. Backends register one handler per recipe name (see ``nbopt.backends.base``).
+it. Each recipe's shared parameters are declared once here (``RECIPES``): name, meaning, allowed values.
+A backend registers one handler per recipe (see ``nbopt.backends.base``), says which shared values it
+can honour, and adds only parameters that are truly its own (``io`` on TFLite, ``reduce_range`` on ONNX).
 """
 from __future__ import annotations
 
@@ -12,26 +15,105 @@ from typing import Any, Iterable, Mapping
 
 from .errors import NboptError
 
-RECIPE_NAMES = (
-    "fp16", "int8-dynamic", "int8-static", "int8-weight-only", "int4-weight-only",
-    "prune-unstructured", "prune-structured", "mixed-precision",
-)
 
-# Parameters whose grid is monotone in damage: once a value breaks the accuracy budget,
-# larger values are skipped (``max_accuracy_drop`` cuts the search).
-MONOTONE_PARAMS = {"prune-unstructured": "amount", "prune-structured": "amount"}
+@dataclass(frozen=True)
+class Param:
+    """One recipe parameter: its default, the values allowed, and what it means."""
+
+    default: Any
+    choices: tuple | None = None
+    low: float | None = None  # inclusive
+    high: float | None = None  # inclusive
+    help: str = ""
+
+    def check(self, recipe: str, name: str, value: Any) -> Any:
+        if self.choices is not None and value not in self.choices:
+            allowed = ", ".join(map(repr, self.choices))
+            raise NboptError(f"Recipe '{recipe}' parameter '{name}' is {value!r}; allowed: {allowed}.")
+        if self.low is not None or self.high is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise NboptError(f"Recipe '{recipe}' parameter '{name}' must be a number, got {value!r}.")
+            if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+                raise NboptError(f"Recipe '{recipe}' parameter '{name}' is {value}; it must lie between "
+                                 f"{self.low} and {self.high}.")
+        return value
+
+
+@dataclass(frozen=True)
+class RecipeDef:
+    """A canonical recipe: what it does, its shared parameters, whether it needs calibration data, and
+    the parameter (if any) whose larger values only do more damage (the budget cut skips them)."""
+
+    summary: str
+    params: Mapping[str, Param] = field(default_factory=dict)
+    needs_calib: bool = False
+    monotone: str | None = None
+
+
+_PER_CHANNEL = Param(True, choices=(True, False), help="one weight scale per output channel (False: one per tensor)")
+_GROUPS = (16, 32, 64, 128, 256)
+
+RECIPES: dict[str, RecipeDef] = {
+    "fp16": RecipeDef("float16 weights (and compute where the runtime has fp16 kernels)"),
+    "int8-dynamic": RecipeDef(
+        "int8 weights, activations quantized on the fly at run time",
+        {"per_channel": _PER_CHANNEL}),
+    "int8-static": RecipeDef(
+        "int8 weights and activations, activation ranges calibrated on calibration data",
+        {"calibration": Param("minmax", choices=("minmax", "histogram", "entropy", "percentile"),
+                              help="how activation ranges are chosen: min/max, histogram (L2-error search), "
+                                   "entropy (KL divergence) or percentile (99.99 %)"),
+         "per_channel": _PER_CHANNEL,
+         "activations": Param("int8", choices=("int8", "uint8", "int16"),
+                              help="the integer type of activations (int16: 16x8, int8 weights)")},
+        needs_calib=True),
+    "int8-weight-only": RecipeDef(
+        "int8 weights, float activations and compute",
+        {"group_size": Param(None, choices=(None, *_GROUPS),
+                             help="weights share one scale per group of this many inputs (None: per channel)")}),
+    "int4-weight-only": RecipeDef(
+        "4-bit weights in groups, float or int8 activations",
+        {"group_size": Param(32, choices=_GROUPS, help="weights share one scale per group of this many inputs"),
+         "activations": Param("float", choices=("float", "int8"),
+                              help="float: weight-only; int8: activations quantized on the fly (int8 kernels)")}),
+    "mixed-precision": RecipeDef(
+        "int8 with the layers most sensitive to quantization kept in float", needs_calib=True),
+    "prune-unstructured": RecipeDef(
+        "the smallest weights set to zero (size shrinks only compressed; no speed gain on dense kernels)",
+        {"amount": Param(0.5, low=0.01, high=0.99, help="fraction of weights set to zero")},
+        monotone="amount"),
+    "prune-structured": RecipeDef(
+        "whole channels removed (smaller and faster), then fine-tuned where labels allow",
+        {"amount": Param(0.3, low=0.05, high=0.9, help="fraction of channels removed per layer")},
+        monotone="amount"),
+}
+RECIPE_NAMES = tuple(RECIPES)
+MONOTONE_PARAMS = {name: d.monotone for name, d in RECIPES.items() if d.monotone}
+
+
+def missing_calib(name: str, calib: Any) -> str:
+    """'' or the sentence saying the recipe needs calibration data: the one place that decides it."""
+    if name in RECIPES and RECIPES[name].needs_calib and calib is None:
+        return (f"Recipe '{name}' needs calibration data: pass calib=... (a few hundred training examples "
+                "are enough).")
+    return ""
 
 
 @dataclass(frozen=True)
 class Recipe:
+    """A recipe with its parameters. ``shown`` names the parameters the row's name shows (the ones the
+    user set or that differ from the defaults); None shows all."""
+
     name: str
     params: Mapping[str, Any] = field(default_factory=dict)
+    shown: tuple[str, ...] | None = None
 
     @property
     def label(self) -> str:
-        if not self.params:
+        keys = sorted(self.params if self.shown is None else self.shown)
+        if not keys:
             return self.name
-        inner = ", ".join(f"{k}={_short(v)}" for k, v in sorted(self.params.items()))
+        inner = ", ".join(f"{k}={_short(self.params[k])}" for k in keys)
         return f"{self.name}({inner})"
 
     def params_json(self) -> str:
@@ -87,3 +169,10 @@ def expand(name: str, params: Mapping[str, Any]) -> list[Recipe]:
             raise NboptError(f"Parameter '{key}' of recipe '{name}' is an empty list: give at "
                              "least one value.")
     return [Recipe(name, dict(zip(keys, combo))) for combo in itertools.product(*values)]
+
+
+def describe(name: str) -> str:
+    """'int8-static: int8 weights and ...; calibration (minmax|histogram|...) ...' for help texts."""
+    d = RECIPES[name]
+    parts = [f"{k}: {p.help}" for k, p in d.params.items()]
+    return f"{name}: {d.summary}" + (f" ({'; '.join(parts)})" if parts else "")

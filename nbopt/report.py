@@ -4,15 +4,14 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-_TABLE_COLUMNS = ["name", "status", "format", "size_bytes", "size_ratio", "size_compressed_bytes", "accuracy",
-                  "accuracy_drop", "latency_ms", "latency_p90_ms", "peak_memory_mb", "threads", "notes", "error"]
+from .schema import TABLE_COLUMNS
 
 
 def write_report(study, path: Path) -> Path:
     fig = study.plot()
     plot_html = fig.to_html(full_html=False, include_plotlyjs=True)
     df = study.results
-    table = df[[c for c in _TABLE_COLUMNS if c in df.columns]].to_html(index=False, na_rep="", float_format=_fmt,
+    table = df[[c for c in TABLE_COLUMNS if c in df.columns]].to_html(index=False, na_rep="", float_format=_fmt,
                                                                          classes="results", border=0)
     best = study.best()
     summary = (f"Best within the budget: <b>{html.escape(best.name)}</b>" if best else "No candidate fits the budget.")

@@ -4,6 +4,7 @@ Layout of the store folder::
 
     nbopt.sqlite        one row per finished candidate (key -> result row as JSON), written in a transaction
     artifacts/<key>/    the candidate's files, moved into place atomically once complete
+    logs/<key>.log      what the libraries printed while the candidate was built and measured
 
 A key hashes everything that decides a result: model weights, data, metric, backend, recipe, params and
 library versions. The same study run again finds every key and measures nothing twice.
@@ -68,6 +69,12 @@ class Store:
             shutil.rmtree(final)
         os.replace(workdir, final)
         return final
+
+    def log_path(self, name: str) -> Path:
+        """Where the captured library output of a candidate (or a backend's preparation) is kept."""
+        path = self.folder / "logs" / f"{name}.log"
+        path.parent.mkdir(exist_ok=True)
+        return path
 
     def discard(self, workdir: Path) -> None:
         shutil.rmtree(workdir, ignore_errors=True)

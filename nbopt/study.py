@@ -18,20 +18,19 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from . import __version__
-from .backends import default_backends, get_backend, model_kind
+from ._version import __version__
+from .backends import default_backends, get_backend, model_kind, sensitivity_capable
 from .backends.base import Artifact, Backend, Context
 from .data import Data, load
-from .errors import CandidateError, NboptError
+from .errors import CandidateError, NboptError, one_line
 from .evaluator import LatencySettings, measure
 from .metrics import Metric, get_metric
 from .pareto import OBJECTIVES, pareto_mask, resolve
-from .recipes import MONOTONE_PARAMS, RECIPE_NAMES, Recipe, parse_recipes
+from .quiet import candidate_log, quiet, write_log
+from .recipes import MONOTONE_PARAMS, RECIPES, Recipe, missing_calib, parse_recipes
+from .schema import COLUMN_NAMES, FAILED, OK, SKIPPED, empty_row, info_columns, public
 from .store import Store, candidate_key
 
-COLUMNS = ["name", "backend", "recipe", "params", "format", "status", "error", "size_bytes", "size_ratio",
-           "size_compressed_bytes", "accuracy", "accuracy_drop", "latency_ms", "latency_p90_ms",
-           "peak_memory_mb", "threads", "batch_size", "notes", "artifact_path"]
 BASELINE = Recipe("baseline")
 Callback = Callable[[str, dict], None]
 
@@ -71,7 +70,8 @@ class Study:
                  objectives: Sequence[str] = ("size", "accuracy"), n_calib: int = 256, seed: int = 0,
                  callbacks: Iterable[Callback] = (), progress: bool = True, measure_memory: bool = True,
                  latency: LatencySettings | None = None):
-        model_kind(model)  # an unusable model is the first thing to say
+        if not backends:
+            model_kind(model)  # an unusable model is the first thing to say (named backends check it below)
         self.metric: Metric = get_metric(metric)
         self.objectives = tuple(objectives)
         resolve(self.objectives, True)  # unknown objective names fail now
@@ -90,10 +90,10 @@ class Study:
         _check_same_inputs(self.calib_data, self.eval_data)
         self.backends: dict[str, Backend] = self._backends(model, backends)
         self.model = model
+        self.store = Store(store if store is not None else _tempdir())  # None: a folder removed at exit
         self._prepared, self._unusable = self._prepare(model)
         self._model_fp = {name: b.fingerprint(model) for name, b in self.backends.items()}
         self.plan: list[Planned] = self._plan(parse_recipes(recipes))
-        self.store = Store(store if store is not None else _tempdir())  # None: a folder removed at exit
         self.candidates: list[Candidate] = []
         self._callbacks: list[Callback] = list(callbacks)
         self._stop = threading.Event()
@@ -122,12 +122,16 @@ class Study:
         prepared, unusable = {}, {}
         for name, backend in self.backends.items():
             try:
-                prepared[name] = backend.prepare(model, self.eval_data)
+                with candidate_log(self.store.log_path(f"prepare-{name}")), quiet():
+                    prepared[name] = backend.prepare(model, self.eval_data)
             except CandidateError as exc:
-                unusable[name] = _one_line(exc)
+                unusable[name] = one_line(exc)
         return prepared, unusable
 
     def _plan(self, recipes: list[Recipe] | None) -> list[Planned]:
+        if recipes is not None:
+            for recipe in recipes:
+                self._check_recipe(recipe)
         plan: list[Planned] = []
         for name, backend in self.backends.items():
             if name in self._unusable:
@@ -135,31 +139,32 @@ class Study:
                 continue
             chosen = recipes if recipes is not None else backend.default_recipes(self._prepared[name])
             for recipe in chosen:
-                plan.append(self._planned(name, backend, recipe, explicit=recipes is not None))
-        if recipes is not None:
-            self._check_known(recipes)
+                full, reason = backend.resolve(recipe)
+                plan.append(Planned(name, full, reason or self._missing_data(full)))
         return _monotone_order(plan)
 
-    def _planned(self, name: str, backend: Backend, recipe: Recipe, explicit: bool) -> Planned:
-        if recipe.name not in backend.handlers:
-            return Planned(name, recipe, f"backend '{name}' has no recipe '{recipe.name}'")
-        recipe = backend.validate(recipe)
-        if backend.handlers[recipe.name].needs_calib and self.calib_data is None:
-            if explicit:  # asked for by name: the user forgot the data
-                raise NboptError(f"Recipe '{recipe.name}' needs calibration data: pass calib=... "
-                                 "(a few hundred training examples are enough).")
-            return Planned(name, recipe, "needs calibration data (pass calib=...)")
-        return Planned(name, recipe)
+    def _check_recipe(self, recipe: Recipe) -> None:
+        """Mistakes no backend could do anything with are one sentence now; what only some backends
+        cannot honour becomes their skipped rows."""
+        mine = set().union(*(b.handlers for b in self.backends.values()))
+        if recipe.name not in RECIPES:
+            raise NboptError(f"Unknown recipe '{recipe.name}'; known recipes: {', '.join(RECIPES)}.")
+        if recipe.name not in mine:
+            raise NboptError(f"Recipe '{recipe.name}' is not implemented by backends {list(self.backends)}; "
+                             f"they know: {', '.join(sorted(mine))}.")
+        known = set(RECIPES[recipe.name].params).union(
+            *(b.handlers[recipe.name].own for b in self.backends.values() if recipe.name in b.handlers))
+        unknown = sorted(set(recipe.params) - known)
+        if unknown:
+            raise NboptError(f"Recipe '{recipe.name}' has no parameter {', '.join(map(repr, unknown))}; its "
+                             f"parameters: {', '.join(sorted(known)) or 'none'}.")
+        missing = missing_calib(recipe.name, self.calib_data)
+        if missing:  # asked for by name: the data was forgotten
+            raise NboptError(missing)
 
-    def _check_known(self, recipes: list[Recipe]) -> None:
-        known = set(RECIPE_NAMES).union(*(b.handlers for b in self.backends.values()))
-        for recipe in recipes:
-            if not any(recipe.name in b.handlers for b in self.backends.values()):
-                hint = "known recipes: " + ", ".join(sorted(known))
-                if recipe.name in RECIPE_NAMES:
-                    hint = f"backends {list(self.backends)} do not implement it; they know: " + ", ".join(
-                        sorted(set().union(*(b.handlers for b in self.backends.values()))))
-                raise NboptError(f"Unknown recipe '{recipe.name}'; {hint}.")
+    def _missing_data(self, recipe: Recipe) -> str:
+        """A default sweep skips what needs calibration data it was not given."""
+        return "needs calibration data (pass calib=...)" if missing_calib(recipe.name, self.calib_data) else ""
 
     # -- events ----------------------------------------------------------------------------------
     def on(self, callback: Callback) -> None:
@@ -175,6 +180,12 @@ class Study:
     def stop(self) -> None:
         """End the sweep after the running candidate; everything finished is kept."""
         self._stop.set()
+
+    def start(self):
+        """Run the sweep in a background thread; returns its handle (``wait()``, ``stop()``, ``error``)."""
+        from .sweep import BackgroundSweep
+
+        return BackgroundSweep(self.run, self.stop).start()
 
     # -- the sweep -------------------------------------------------------------------------------
     @property
@@ -210,8 +221,8 @@ class Study:
 
     def _record(self, row: dict, bar) -> None:
         self.candidates.append(Candidate(row, self))
-        event = "candidate_failed" if row["status"] == "failed" else "candidate_finished"
-        self._emit(event, {"row": _public(row)})
+        event = "candidate_failed" if row["status"] == FAILED else "candidate_finished"
+        self._emit(event, {"row": public(row)})
         if bar is not None:
             bar.set_postfix_str(row["name"][:40])
             bar.update(1)
@@ -219,7 +230,7 @@ class Study:
     def _baseline(self, name: str) -> dict:
         if name in self._unusable:
             row = _empty_row(Planned(name, BASELINE))
-            row.update(status="failed", error=self._unusable[name])
+            row.update(status=FAILED, error=self._unusable[name], log=str(self.store.log_path(f"prepare-{name}")))
         else:
             row = self._build(Planned(name, BASELINE))
         self._baseline_rows[name] = row
@@ -228,9 +239,10 @@ class Study:
     def _candidate(self, item: Planned) -> dict:
         row = self._build(item)
         base = self._baseline_rows.get(item.backend, {})
-        if row["status"] == "ok" and base.get("status") == "ok":
+        if row["status"] == OK and base.get("status") == OK:
             row["size_ratio"] = row["size_bytes"] / base["size_bytes"]
-            row["accuracy_drop"] = self.metric.drop(row["accuracy"], base["accuracy"])
+            if row["accuracy"] is not None and base["accuracy"] is not None:
+                row["accuracy_drop"] = self.metric.drop(row["accuracy"], base["accuracy"])
         return row
 
     def _key(self, item: Planned) -> str:
@@ -253,18 +265,24 @@ class Study:
         self._emit("candidate_started", self._started(item, cached=False))
         row = _empty_row(item)
         workdir = store.workdir()
+        log = store.log_path(key)
+        log.unlink(missing_ok=True)
+        row["log"] = str(log)
         t0 = time.perf_counter()
-        try:
-            artifact = self._artifact(item, workdir)
-            final = store.commit_files(key, workdir)
-            artifact = _rebase(artifact, workdir, final)
-            self._measure(item, artifact, row, final)
-        except KeyboardInterrupt:
-            store.discard(workdir)
-            raise
-        except Exception as exc:  # a failed candidate is a row with its error, not a crash
-            store.discard(workdir)
-            row.update(status="failed", error=_one_line(exc))
+        # Everything the libraries print (C++ included) goes to the candidate's log, not the notebook.
+        with candidate_log(log), quiet():
+            try:
+                artifact = self._artifact(item, workdir)
+                final = store.commit_files(key, workdir)
+                artifact = _rebase(artifact, workdir, final)
+                self._measure(item, artifact, row, final)
+            except KeyboardInterrupt:
+                store.discard(workdir)
+                raise
+            except Exception as exc:  # a failed candidate is a row with its error, not a crash
+                store.discard(workdir)
+                write_log(traceback.format_exc())
+                row.update(status=FAILED, error=one_line(exc))
         row["build_seconds"] = round(time.perf_counter() - t0, 3)
         store.put(key, row)
         return row
@@ -278,6 +296,14 @@ class Study:
         return backend.apply(prepared, item.recipe, ctx)
 
     def _measure(self, item: Planned, artifact: Artifact, row: dict, folder: Path) -> None:
+        row.update(info_columns(artifact.info))
+        row.update(status=OK, format=artifact.format, size_bytes=artifact.size_bytes, notes=artifact.notes,
+                   artifact_path=str(artifact.path), artifact_files=[str(f) for f in artifact.files])
+        if item.recipe is BASELINE:
+            row.update(size_ratio=1.0)
+        if artifact.info.get("unmeasured"):  # this runtime cannot run here: the columns stay empty
+            row["notes"] = "; ".join(p for p in (artifact.notes, artifact.info["unmeasured"]) if p)
+            return
         backend = self.backends[item.backend]
         reference = self._baseline_outputs.get(item.backend)
         m = measure(backend, artifact, self.eval_data, self.metric, reference, self.latency, self.measure_memory)
@@ -286,18 +312,12 @@ class Study:
             np.save(folder / "baseline_outputs.npy", m.outputs)
             if self.metric.vs_baseline:
                 m.value = self.metric(m.outputs, m.outputs)
-        info = {k: v for k, v in artifact.info.items() if isinstance(v, (str, int, float, bool)) or v is None}
-        row.update(info)
-        row.update(status="ok", format=artifact.format, size_bytes=artifact.size_bytes,
-                   accuracy=m.value, latency_ms=m.latency_ms, latency_p90_ms=m.latency_p90_ms,
-                   peak_memory_mb=m.peak_memory_mb, threads=m.threads, batch_size=m.batch_size,
-                   notes=artifact.notes, artifact_path=str(artifact.path),
-                   artifact_files=[str(f) for f in artifact.files])
-        if item.recipe is BASELINE:
-            row.update(size_ratio=1.0, accuracy_drop=0.0)
+            row.update(accuracy_drop=0.0)
+        row.update(accuracy=m.value, latency_ms=m.latency_ms, latency_p90_ms=m.latency_p90_ms,
+                   peak_memory_mb=m.peak_memory_mb, threads=m.threads, batch_size=m.batch_size)
 
     def _restore_outputs(self, item: Planned, row: dict) -> None:
-        if item.recipe is BASELINE and row.get("status") == "ok":
+        if item.recipe is BASELINE and row.get("status") == OK:
             saved = Path(row["artifact_path"]).parent / "baseline_outputs.npy"
             if saved.exists():
                 self._baseline_outputs[item.backend] = np.load(saved)
@@ -316,7 +336,7 @@ class Study:
             return None
         self._emit("candidate_started", self._started(item, cached=False))
         row = _empty_row(item)
-        row.update(status="skipped", error=reason)
+        row.update(status=SKIPPED, error=reason)
         return row
 
     def _breaks_budget(self, row: dict) -> bool:
@@ -324,6 +344,11 @@ class Study:
         return self.max_accuracy_drop is not None and drop is not None and drop > self.max_accuracy_drop
 
     # -- reading the results ---------------------------------------------------------------------
+    @property
+    def sensitivity_backends(self) -> list[str]:
+        """The study's backends that can measure per-layer sensitivity (and took the model)."""
+        return [n for n, b in self.backends.items() if b.supports_sensitivity and n not in self._unusable]
+
     def sensitivity_table(self, backend: str = "onnx"):
         """Per-layer sensitivity (which layers break accuracy when quantized), measured on the calibration
         data: a DataFrame ranked most-sensitive first. Computed once, then cached."""
@@ -341,19 +366,19 @@ class Study:
     def _sensitivity_backend(self, backend: str) -> Backend:
         if backend in self._unusable:
             raise NboptError(f"The {backend} backend could not take the model: {self._unusable[backend]}")
-        if backend not in self.backends or not hasattr(self.backends[backend], "sensitivity"):
-            have = [n for n, b in self.backends.items() if hasattr(b, "sensitivity")]
-            raise NboptError(f"No sensitivity analysis for backend '{backend}'; available for: {have or 'none'} "
-                             "(add 'onnx' to backends).")
+        if backend not in self.backends or not self.backends[backend].supports_sensitivity:
+            able = sensitivity_capable()
+            raise NboptError(f"No sensitivity analysis for backend '{backend}' in this study; backends that "
+                             f"have it: {self.sensitivity_backends or 'none here'} (add one of {able} to backends).")
         return self.backends[backend]
 
     @property
     def results(self):
         import pandas as pd
 
-        rows = [_public(c.row) for c in self.candidates]
-        extra = sorted({k for r in rows for k in r} - set(COLUMNS))
-        return pd.DataFrame(rows, columns=COLUMNS + extra)
+        rows = [public(c.row) for c in self.candidates]
+        extra = sorted({k for r in rows for k in r} - set(COLUMN_NAMES))
+        return pd.DataFrame(rows, columns=[*COLUMN_NAMES, *extra])
 
     def _objective_columns(self, objectives: Sequence[str] | None) -> list[tuple[str, str]]:
         return resolve(objectives or self.objectives, self.metric.greater_is_better)
@@ -362,18 +387,27 @@ class Study:
         """The non-dominated ``ok`` rows for the objectives (default: the study's)."""
         df = self.results
         cols = self._objective_columns(objectives)
-        ok = df[df["status"] == "ok"]
+        ok = df[df["status"] == OK]
         mask = pareto_mask(ok[[c for c, _ in cols]].to_numpy(dtype=float), [s for _, s in cols])
         return ok[mask].sort_values(cols[0][0])
 
-    def best(self, max_accuracy_drop: float | None = None, objective: str = "size") -> Candidate | None:
-        """The smallest (or fastest, ...) ok candidate within the accuracy budget; None if none fits."""
+    def best(self, max_accuracy_drop: float | None = None, objective: str = "size",
+             backend: str | None = None) -> Candidate | None:
+        """The smallest (or fastest, ...) measured candidate within the accuracy budget, of one backend if
+        ``backend`` is given; None if none fits."""
         budget = self.max_accuracy_drop if max_accuracy_drop is None else max_accuracy_drop
+        if objective not in OBJECTIVES or objective == "accuracy":
+            known = ", ".join(o for o in OBJECTIVES if o != "accuracy")
+            raise NboptError(f"Unknown objective '{objective}' for best(); known objectives: {known}.")
+        if backend is not None and backend not in self.backends:
+            raise NboptError(f"This study has no backend '{backend}'; its backends: {', '.join(self.backends)}.")
         column, _ = OBJECTIVES[objective]
         best = None
         for cand in self.candidates:
             r = cand.row
-            if r["status"] != "ok" or r.get(column) is None:
+            if r["status"] != OK or r.get(column) is None or r.get("accuracy") is None:
+                continue
+            if backend is not None and r["backend"] != backend:
                 continue
             if budget is not None and (r.get("accuracy_drop") or 0.0) > budget:
                 continue
@@ -401,7 +435,7 @@ class Study:
         return self.results.drop(columns=["artifact_path"])._repr_html_()
 
     def __repr__(self) -> str:
-        ok = sum(c.row["status"] == "ok" for c in self.candidates)
+        ok = sum(c.row["status"] == OK for c in self.candidates)
         return f"<nbopt.Study {len(self.candidates)} rows ({ok} ok) metric={self.metric.name}>"
 
 
@@ -429,27 +463,13 @@ def _check_same_inputs(calib: Data | None, eval_data: Data) -> None:
 
 
 def _empty_row(item: Planned) -> dict:
-    row = {c: None for c in COLUMNS}
-    row.update(name=item.name, backend=item.backend, recipe=item.recipe.name, params=dict(item.recipe.params),
-               error="")
-    return row
-
-
-def _public(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k != "artifact_files"}
+    return empty_row(item.name, item.backend, item.recipe.name, dict(item.recipe.params))
 
 
 def _rebase(artifact: Artifact, old: Path, new: Path) -> Artifact:
     move = lambda p: new / Path(p).resolve().relative_to(old.resolve())  # noqa: E731
     return Artifact(move(artifact.path), artifact.format, [move(f) for f in artifact.files], artifact.notes,
                     artifact.info)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    msg = text[0] if text else ""
-    kind = "" if isinstance(exc, (NboptError, CandidateError)) else f"{type(exc).__name__}: "
-    return (kind + msg)[:500] or type(exc).__name__
 
 
 def _metric_id(metric: Metric) -> str:

@@ -4,33 +4,28 @@ The widget's traits are the single source of truth; the front end (``js/``, bund
 ``nbopt/static/``) only draws them and writes back what the user changes (axis, budget, selection,
 recipe choice). Commands that make the kernel work (run, stop, export) arrive as messages.
 
-The sweep runs in a background thread, so the kernel stays free to handle Stop and the page stays
-responsive. That thread only updates traits: it never prints and never displays (output from threads
-lands in whatever cell happens to be running, in Jupyter as in Colab).
+The sweep runs in a background thread (``nbopt.sweep``), so the kernel stays free to handle Stop and
+the page stays responsive; the panel follows it through the study's events and only updates traits.
 """
 from __future__ import annotations
 
-import contextvars
 import math
 import threading
 import time
-import weakref
 from pathlib import Path
 from typing import Any
 
 import anywidget
 import traitlets as t
 
-from .errors import NboptError
+from .errors import NboptError, one_line
+from .schema import SKIPPED, public
+from .sweep import BackgroundSweep
 
 _STATIC = Path(__file__).parent / "static"
 _AXES = ("size", "latency", "memory")
 _BUILD_HINT = ("nbopt's front end is not built (nbopt/static/widget.js is missing): run "
                "`npm --prefix js ci && npm --prefix js run build` in the source tree.")
-
-# Panels whose sweep is running, so a later cell can wait for them (see ``wait_for_sweeps``).
-_RUNNING: "weakref.WeakSet[Panel]" = weakref.WeakSet()
-
 
 class Panel(anywidget.AnyWidget):
     """Interactive panel: ``Panel(model, calib=..., eval=...)`` lets you choose recipes and backends and
@@ -75,7 +70,7 @@ class Panel(anywidget.AnyWidget):
         super().__init__()
         self.study = None
         self.error: BaseException | None = None  # what ended a sweep early (its traceback included)
-        self._thread: threading.Thread | None = None
+        self._sweep: BackgroundSweep | None = None
         self._t0 = 0.0
         self._started_at: float | None = None
         self._lock = threading.Lock()
@@ -89,18 +84,11 @@ class Panel(anywidget.AnyWidget):
 
     # ------------------------------------------------------------------------------------ set-up
     def _setup(self, model: Any, recipes: Any, backends: Any) -> None:
-        from .backends import BACKEND_NAMES, default_backends, get_backend
+        from .backends import default_backends, get_backend, installed_backends, recipes_of
         from .recipes import parse_recipes
 
-        usable, known = [], set()
-        for name in BACKEND_NAMES:
-            try:
-                backend = get_backend(name)
-            except NboptError:  # its packages are not installed
-                continue
-            if backend.accepts(model):
-                usable.append(name)
-                known.update(backend.handlers)
+        usable = [name for name in installed_backends() if get_backend(name).accepts(model)]
+        known = recipes_of(usable)
         chosen_backends = [backends] if isinstance(backends, str) else list(backends or [])
         names = [r.name for r in parse_recipes(recipes) or []]
         self._recipe_names = list(dict.fromkeys(names))
@@ -110,7 +98,7 @@ class Panel(anywidget.AnyWidget):
         with self.hold_sync():
             self.mode = "setup"
             self.available_backends = usable
-            self.available_recipes = sorted(known)
+            self.available_recipes = known
             self.backends = chosen_backends or default_backends(model)
             self.recipes = self._recipe_names
             self.metric = metric.name
@@ -162,34 +150,32 @@ class Panel(anywidget.AnyWidget):
             self.status = "running"
             self.message = ""
             self._t0 = time.perf_counter()
-            ctx = contextvars.copy_context()  # stray output from the thread goes to this cell
-            self._thread = threading.Thread(target=ctx.run, args=(self._work,), name="nbopt-sweep", daemon=True)
-            _RUNNING.add(self)
-            self._thread.start()
+            self._sweep = BackgroundSweep(self._work, self._stop_study, self._set_waiting).start()
         return self
 
     run = start
 
     @property
     def is_running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._sweep is not None and self._sweep.is_running
 
-    def stop(self) -> None:
-        """End the sweep after the running candidate; everything finished is kept."""
-        if self.study is not None and self.is_running:
+    def _set_waiting(self, flag: bool) -> None:
+        self.waiting = flag
+
+    def _stop_study(self) -> None:
+        if self.study is not None:
             self.study.stop()
             self.status = "stopping"
 
+    def stop(self) -> None:
+        """End the sweep after the running candidate; everything finished is kept."""
+        if self._sweep is not None:
+            self._sweep.stop()
+
     def wait(self, timeout: float | None = None) -> "Panel":
         """Block until the sweep has finished (``KeyboardInterrupt`` stops it, then waits)."""
-        thread = self._thread
-        if thread is None:
-            return self
-        try:
-            thread.join(timeout)
-        except KeyboardInterrupt:
-            self.stop()
-            thread.join(timeout)
+        if self._sweep is not None:
+            self._sweep.wait(timeout)
         return self
 
     def _work(self) -> None:
@@ -203,38 +189,32 @@ class Panel(anywidget.AnyWidget):
                 self._fill_sensitivity()
         except BaseException as exc:  # noqa: BLE001 - reported in the panel, never printed
             self.error = exc
-            text = str(exc).strip().splitlines()
-            first = text[0] if text else type(exc).__name__
-            self.message = first if isinstance(exc, NboptError) else f"{type(exc).__name__}: {first}"
+            self.message = one_line(exc)
             self.status = "error"
         finally:
-            _RUNNING.discard(self)
             self._finish()
 
     def _fill_sensitivity(self) -> None:
-        """The onnx backend's per-layer sensitivity table, in the sweep thread, when it is cheap: cached by
-        a mixed-precision candidate, or a model of at most SENSITIVITY_MAX_NODES weight nodes. Never raises."""
+        """The first sensitivity-capable backend's per-layer table, in the sweep thread, when it is cheap:
+        cached by a mixed-precision candidate, or at most SENSITIVITY_MAX_NODES weight layers. Never raises."""
         study = self.study
-        if "onnx" not in study.backends or study.calib_data is None:
+        if not study.sensitivity_backends or study.calib_data is None:
             return
+        backend = study.sensitivity_backends[0]
         self.running = "layer sensitivity"
         try:
-            cached, n = study.sensitivity_cost("onnx")
+            cached, n = study.sensitivity_cost(backend)
             if not cached and n > SENSITIVITY_MAX_NODES:
                 self.sensitivity_note = (f"Layer sensitivity not computed: the model has {n} weight layers "
                                          f"(more than {SENSITIVITY_MAX_NODES}); run "
-                                         "study.sensitivity_table('onnx') to compute it.")
+                                         f"study.sensitivity_table('{backend}') to compute it.")
                 return
-            table = study.sensitivity_table("onnx")
+            table = study.sensitivity_table(backend)
             self.sensitivity = _sensitivity_rows(table)
             self.sensitivity_note = "" if len(table) else "No layer with quantizable weights was found."
         except Exception as exc:  # noqa: BLE001 - one line in the section, never raised
-            lines = str(exc).strip().splitlines()
-            text = lines[0] if lines else type(exc).__name__
-            if not isinstance(exc, NboptError):
-                text = f"{type(exc).__name__}: {text}"
             self.sensitivity = []
-            self.sensitivity_note = f"Layer sensitivity failed: {text}"
+            self.sensitivity_note = f"Layer sensitivity failed: {one_line(exc)}"
         finally:
             self.running = ""
 
@@ -279,7 +259,7 @@ class Panel(anywidget.AnyWidget):
                 self.rows = [*self.rows, row]
                 self.done = len(self.rows)
                 self.running = ""
-                if self._started_at is not None and row.get("status") != "skipped":
+                if self._started_at is not None and row.get("status") != SKIPPED:
                     self.durations = [*self.durations, round(now - self._started_at, 3)]
                 self._started_at = None
 
@@ -303,11 +283,7 @@ class Panel(anywidget.AnyWidget):
             self.export_status = {"id": row_id, "path": str(Path(written).resolve())}
             return written
         except Exception as exc:  # noqa: BLE001 - shown in the panel, one line
-            lines = str(exc).strip().splitlines()
-            text = lines[0] if lines else type(exc).__name__
-            if not isinstance(exc, NboptError):
-                text = f"{type(exc).__name__}: {text}"
-            self.export_status = {"id": row_id, "error": f"Export failed: {text}"}
+            self.export_status = {"id": row_id, "error": f"Export failed: {one_line(exc)}"}
             return None
 
     def _candidate(self, row_id: str):
@@ -340,30 +316,6 @@ class Panel(anywidget.AnyWidget):
         return None if self.study is None else self.study.best(self.max_drop)
 
 
-def wait_for_sweeps(*_args) -> None:
-    """``pre_run_cell`` hook: a cell run while a sweep is running waits for it to finish.
-
-    Without it, "Run all" would reach ``study.results`` before the study exists, and the cell's own
-    work would disturb the latency measurements. Interrupting the kernel stops the sweep instead
-    (after the running candidate); a second interrupt stops waiting.
-    """
-    for panel in list(_RUNNING):
-        if not panel.is_running:
-            continue
-        panel.waiting = True
-        try:
-            try:
-                panel._thread.join()
-            except KeyboardInterrupt:
-                panel.stop()
-                try:
-                    panel._thread.join()
-                except KeyboardInterrupt:
-                    pass
-        finally:
-            panel.waiting = False
-
-
 SENSITIVITY_MAX_NODES = 200  # above this, the panel does not compute the sensitivity table on its own
 _SENSITIVITY_COLUMNS = ("node", "op_type", "params", "rel_error", "rank")
 
@@ -376,7 +328,7 @@ def _sensitivity_rows(table) -> list[dict]:
 
 
 def _json_row(row: dict, index: int) -> dict:
-    out = {k: _json_value(v) for k, v in row.items() if k != "artifact_files"}
+    out = {k: _json_value(v) for k, v in public(row).items()}
     out["id"] = str(index)
     return out
 

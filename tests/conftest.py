@@ -1,12 +1,99 @@
-"""Shared fixtures: the digits data and a small CNN trained on it (seconds), offline settings."""
+"""Shared fixtures, offline settings and the test tiers.
+
+Fast tier (``pytest -m "not slow"``): the engine (study, store, Pareto, report, magic, panel) on the fake
+in-memory backend of ``fake_backend.py``, registered here as ``"fake"`` (and ``"fake-wide"``). Slow tier
+(``-m slow``): real converters and runtimes, notebooks and browsers. Models the real-backend tests need are
+trained once per test run, in the session fixtures below.
+"""
 import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from nbopt.backends import register_backend  # noqa: E402
 
+TESTS = Path(__file__).resolve().parent
+FAKE_BACKENDS = {"fake": "FakeBackend", "fake-wide": "WideFakeBackend"}
+for _name, _cls in FAKE_BACKENDS.items():  # tests/ is on sys.path (rootdir conftest, no __init__.py)
+    register_backend(_name, "fake_backend", _cls, probe="numpy")
+
+
+# ------------------------------------------------------------------------------------------ fake tier
+@pytest.fixture(scope="session")
+def fake_data():
+    """Digits as flat (N, 64) float32 inputs in [0, 1]: (xtr, ytr, xval, yval), for calib=(xtr, ytr),
+    eval=(xval, yval)."""
+    from nbopt.demo import digits_arrays
+
+    xtr, ytr, xval, yval = digits_arrays(seed=0)
+    return xtr.reshape(len(xtr), -1), ytr, xval.reshape(len(xval), -1), yval
+
+
+@pytest.fixture(scope="session")
+def fake_model(fake_data):
+    """A FakeModel fitted by ridge least squares on one-hot labels: ~0.94 accuracy on the eval split."""
+    from fake_backend import FakeModel
+
+    xtr, ytr, _, _ = fake_data
+    x = np.c_[xtr, np.ones(len(xtr))].astype(np.float64)
+    coef = np.linalg.solve(x.T @ x + np.eye(x.shape[1]), x.T @ np.eye(10)[ytr])
+    return FakeModel(coef[:-1].astype(np.float32), coef[-1].astype(np.float32))
+
+
+@pytest.fixture
+def quick_latency(monkeypatch):
+    """Studies built in the test (also by the magic and the panel) time 5 runs after 1 warm-up instead of
+    0.3 s per candidate: latency is still measured, only with fewer runs."""
+    import nbopt.study
+    from nbopt.evaluator import LatencySettings
+
+    monkeypatch.setattr(nbopt.study, "LatencySettings",
+                        lambda: LatencySettings(warmup=1, min_runs=5, min_seconds=0.0))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fake_memory_probe():
+    """Peak memory of fake artifacts, measured like every other backend's in a fresh forked process.
+
+    nbopt's probe process (``python -m nbopt._memprobe NAME``) knows only nbopt's own backends, so for the
+    fake ones the probe is started with the registration done first (one process per session, started
+    on first use). Uses the evaluator's private ``_Probe`` / ``_probe``."""
+    from nbopt import evaluator
+
+    original = evaluator._probe
+
+    class FakeProbe(evaluator._Probe):
+        def __init__(self, name: str):  # noqa: D401 - the same protocol, another command line
+            code = (f"import nbopt.backends as b; b.register_backend({name!r}, 'fake_backend', "
+                    f"{FAKE_BACKENDS[name]!r}, 'numpy'); from nbopt._memprobe import serve; serve({name!r})")
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), str(TESTS.parent),
+                                                                              os.environ.get("PYTHONPATH")]))}
+            self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.DEVNULL, text=True, bufsize=1, env=env)
+            self.lock = threading.Lock()
+            self.ready = self._read().get("ready", False)
+
+    def probe(name: str):
+        if name not in FAKE_BACKENDS:
+            return original(name)
+        found = evaluator._probes.get(name)
+        if found is None or found.proc.poll() is not None:
+            found = evaluator._probes[name] = FakeProbe(name)
+        return found
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(evaluator, "_probe", probe)
+        yield
+
+
+# ------------------------------------------------------------------------------------------ real models
 @pytest.fixture(scope="session")
 def digits():
     from nbopt.demo import digits_arrays
@@ -16,10 +103,20 @@ def digits():
 
 @pytest.fixture(scope="session")
 def digits_cnn(digits):
+    """The digits CNN (width 32), trained once per run (seconds)."""
     pytest.importorskip("torch")
     from nbopt.demo import train_digits_cnn
 
     return train_digits_cnn(epochs=6, data=digits)
+
+
+@pytest.fixture(scope="session")
+def tiny_digits_cnn(digits):
+    """A narrow digits CNN (width 8, hidden 32), trained once per run: fast to export and quantize."""
+    pytest.importorskip("torch")
+    from nbopt.demo import train_digits_cnn
+
+    return train_digits_cnn(epochs=3, width=8, hidden=32, data=digits)
 
 
 @pytest.fixture()

@@ -34,11 +34,11 @@ def ip(tiny, tmp_path, monkeypatch):
     net, calib, val = tiny
     shell.user_ns.update(net=net, calib=calib, val=val)
     yield shell
-    from nbopt.widget import _RUNNING
+    from nbopt.sweep import running
 
-    for panel in list(_RUNNING):
-        panel.stop()
-        panel.wait()
+    for sweep in running():
+        sweep.stop()
+        sweep.wait()
     for name in ("net", "calib", "val", "study"):
         shell.user_ns.pop(name, None)
 

@@ -17,9 +17,9 @@ torch = pytest.importorskip("torch")
 
 from nbopt import data as nbdata  # noqa: E402
 from nbopt.backends.base import Context  # noqa: E402
-from nbopt.backends.onnx_backend import OnnxBackend  # noqa: E402
+from nbopt.backends.onnx import OnnxBackend  # noqa: E402
 from nbopt.demo import tiny_bert_encoder, token_batch  # noqa: E402
-from nbopt.backends.onnx_sensitivity import fidelity  # noqa: E402
+from nbopt.backends.onnx.sensitivity import fidelity  # noqa: E402
 from nbopt.errors import CandidateError, NboptError  # noqa: E402
 from nbopt.recipes import Recipe  # noqa: E402
 
@@ -80,8 +80,8 @@ def test_digits_export_baseline_and_reload(digits, tmp_path):
     Recipe("int8-static", {"calibration": "minmax"}),
     Recipe("int8-static", {"calibration": "entropy", "per_channel": False}),
     Recipe("int8-static", {"calibration": "percentile"}),
-    Recipe("int4-weight-only", {"block_size": 32}),
-    Recipe("int8-weight-only", {"block_size": 32}),
+    Recipe("int4-weight-only", {"group_size": 32}),
+    Recipe("int8-weight-only", {"group_size": 32}),
 ])
 def test_digits_recipes_keep_accuracy(digits, tmp_path, recipe):
     backend, prepared, calib, ev, yv = digits

@@ -1,4 +1,5 @@
 """The study engine on a real trained CNN: rows, sizes, budget cuts, the store, failures, bad input."""
+import dataclasses
 import json
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pytest
 pytest.importorskip("torch")
 
 import nbopt  # noqa: E402
-from nbopt.backends.torch_backend import TorchBackend  # noqa: E402
+from nbopt.backends.torch import TorchBackend  # noqa: E402
 from nbopt.errors import NboptError  # noqa: E402
 from nbopt.pareto import pareto_mask  # noqa: E402
 
@@ -106,7 +107,7 @@ def test_failing_candidate_does_not_stop_the_sweep(digits, digits_cnn, store, mo
     def broken(*args):
         raise RuntimeError("kernel exploded\nwith a long traceback")
 
-    monkeypatch.setitem(TorchBackend.handlers, "int8-dynamic", type(spec)(broken, spec.params, spec.needs_calib))
+    monkeypatch.setitem(TorchBackend.handlers, "int8-dynamic", dataclasses.replace(spec, handler=broken))
     study = nbopt.optimize(digits_cnn, calib=(xtr, ytr), eval=(xval, yval), store=store,
                            recipes=["int8-dynamic", {"prune-unstructured": {"amount": 0.3}}], **FAST)
     df = study.results.set_index("recipe")

@@ -15,8 +15,9 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 from nbopt.backends.base import Context  # noqa: E402
-from nbopt.backends.tflite_backend import TFLiteBackend, TFLitePrepared, interpreter_class  # noqa: E402
-from nbopt.backends.tflite_delegates import delegate_report  # noqa: E402
+from nbopt.backends.tflite.backend import TFLiteBackend, TFLitePrepared
+from nbopt.backends.tflite.runner import interpreter_class  # noqa: E402
+from nbopt.backends.tflite.reports import delegate_report  # noqa: E402
 from nbopt.data import load  # noqa: E402
 from nbopt.errors import CandidateError, NboptError  # noqa: E402
 from nbopt.recipes import Recipe  # noqa: E402

@@ -201,7 +201,7 @@ def test_named_inputs_model(tmp_path):
 def test_entropy_observer_clips_outliers():
     import torch
 
-    from nbopt.backends.torch_quant import entropy_observer
+    from nbopt.backends.torch.quant import entropy_observer
 
     obs = entropy_observer()(eps=2 ** -12)
     x = torch.randn(20000, generator=torch.Generator().manual_seed(0))

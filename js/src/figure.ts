@@ -4,8 +4,10 @@ import {
   AxisName,
   Row,
   SensRow,
+  fitRange,
   hoverText,
   isBaseline,
+  isPercentMetric,
   paretoFront,
   plottable,
   sensitivityHover,
@@ -32,7 +34,44 @@ export function backendColor(backends: string[], backend: string): string {
   return COLORS[(i < 0 ? 0 : i) % COLORS.length];
 }
 
-type Trace = Record<string, unknown>;
+export type Trace = Record<string, unknown>;
+
+/** Padding of the fitted axis ranges, as a fraction of the points' span on each side. */
+const X_PAD = 0.06;
+const Y_PAD = 0.1; // room for the baseline's label above its star
+
+/** An open circle around one plotted row (the recommendation, the selection); null when not plotted. */
+function ringTrace(
+  pts: Row[],
+  o: Pick<FigureOptions, "axis" | "metric">,
+  id: string | null,
+  name: string,
+  color: string,
+  size: number,
+): Trace | null {
+  const r = id === null ? undefined : pts.find((p) => p.id === id);
+  if (!r) return null;
+  const key = AXES[o.axis].key;
+  return {
+    type: "scatter",
+    mode: "markers",
+    name,
+    x: [r[key]],
+    y: [r.accuracy],
+    customdata: [r.id],
+    text: [hoverText(r, o.metric)],
+    hovertemplate: "%{text}<extra></extra>",
+    marker: { symbol: "circle-open", size, color, line: { width: 3, color } },
+  };
+}
+
+/**
+ * The selection ring, always the figure's last trace when present: the view swaps only this trace
+ * when the selection changes.
+ */
+export function selectionTrace(rows: Row[], o: Pick<FigureOptions, "axis" | "metric" | "selectedId">): Trace | null {
+  return ringTrace(plottable(rows, o.axis), o, o.selectedId, "selected", "#D55E00", 28);
+}
 
 export function buildFigure(rows: Row[], o: FigureOptions): { data: Trace[]; layout: Record<string, unknown> } {
   const axis = AXES[o.axis];
@@ -95,25 +134,18 @@ export function buildFigure(rows: Row[], o: FigureOptions): { data: Trace[]; lay
     }
   }
 
-  const ring = (id: string | null, name: string, color: string, size: number) => {
-    const r = id === null ? undefined : pts.find((p) => p.id === id);
-    if (!r) return;
-    data.push({
-      type: "scatter",
-      mode: "markers",
-      name,
-      x: [r[axis.key]],
-      y: [r.accuracy],
-      customdata: [r.id],
-      text: [hoverText(r, o.metric)],
-      hovertemplate: "%{text}<extra></extra>",
-      marker: { symbol: "circle-open", size, color, line: { width: 3, color } },
-    });
-  };
-  ring(o.recommendedId, "recommended", "#009E73", 22);
-  ring(o.selectedId, "selected", "#D55E00", 28);
+  const rec = ringTrace(pts, o, o.recommendedId, "recommended", "#009E73", 22);
+  if (rec) data.push(rec);
+  const sel = selectionTrace(rows, o);
+  if (sel) data.push(sel);
 
   const metricLabel = o.metric + (o.higherIsBetter ? " (higher is better)" : " (lower is better)");
+  // Fit both axes to the points (plotly's own autorange spans 0..150 % when every point has the same
+  // accuracy). `autorangeoptions` pins the same range for autoscale / double-click.
+  const fit = (range: [number, number] | null) =>
+    range ? { range, autorangeoptions: { minallowed: range[0], maxallowed: range[1] } } : {};
+  const xRange = fitRange(pts.map((r) => r[axis.key]), { pad: X_PAD });
+  const yRange = fitRange(pts.map((r) => r.accuracy), { pad: Y_PAD, fraction: isPercentMetric(o.metric) });
   const layout: Record<string, unknown> = {
     autosize: true,
     height: 380,
@@ -133,12 +165,14 @@ export function buildFigure(rows: Row[], o: FigureOptions): { data: Trace[]; lay
       ...(o.axis === "size" ? { tickformat: "~s", ticksuffix: "B" } : {}),
       ...(o.axis === "latency" ? { ticksuffix: " ms" } : {}),
       ...(o.axis === "memory" ? { ticksuffix: " MB" } : {}),
+      ...fit(xRange),
     },
     yaxis: {
       title: { text: metricLabel },
       zeroline: false,
       gridcolor: o.dark ? "#444" : "#e5e5e5",
-      ...(["accuracy", "top5", "f1", "agreement"].includes(o.metric) ? { tickformat: ".1%" } : {}),
+      ...(isPercentMetric(o.metric) ? { tickformat: ".1%" } : {}),
+      ...fit(yRange),
     },
   };
   return { data, layout };

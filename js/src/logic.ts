@@ -1,6 +1,11 @@
 // Pure functions of the panel: no DOM, no plotly. Tested with vitest (js/test/).
 
-/** One result row as the kernel sends it (a row of `study.results`, JSON-safe: NaN -> null). */
+/**
+ * One result row as the panel receives it: a row of `study.results` (the columns of `nbopt.study.COLUMNS`)
+ * plus `id`, JSON-safe (NaN -> null). The panel's only definition of a row; one field per line.
+ * `status` is "ok" | "failed" | "skipped". Columns not listed here still show in the details
+ * (see `describe`); read them with `field()`.
+ */
 export interface Row {
   id: string;
   name: string;
@@ -8,17 +13,27 @@ export interface Row {
   recipe: string;
   params: Record<string, unknown> | null;
   format?: string | null;
-  status: string; // "ok" | "failed" | "skipped"
+  status: string;
   error?: string | null;
   size_bytes?: number | null;
   size_ratio?: number | null;
+  size_compressed_bytes?: number | null;
   accuracy?: number | null;
   accuracy_drop?: number | null;
   latency_ms?: number | null;
   latency_p90_ms?: number | null;
   peak_memory_mb?: number | null;
+  threads?: number | null;
+  batch_size?: number | null;
   notes?: string | null;
-  [column: string]: unknown;
+  artifact_path?: string | null;
+  log?: string | null;
+  build_seconds?: number | null;
+}
+
+/** A column of a row by name, listed in `Row` or not (extra columns the kernel sends). */
+export function field(row: Row, column: string): unknown {
+  return (row as unknown as Record<string, unknown>)[column];
 }
 
 export type AxisName = "size" | "latency" | "memory";
@@ -37,6 +52,11 @@ export const AXES: Record<AxisName, Axis> = {
 
 /** Metrics whose value reads as a percentage. */
 const PERCENT_METRICS = new Set(["accuracy", "top5", "f1", "agreement"]);
+
+/** Whether the metric is a fraction shown as a percentage (accuracy, top5, f1, agreement). */
+export function isPercentMetric(metric: string): boolean {
+  return PERCENT_METRICS.has(metric);
+}
 
 export function isNum(v: unknown): v is number {
   return typeof v === "number" && Number.isFinite(v);
@@ -154,8 +174,8 @@ export function sortRows(rows: Row[], column: string, dir: SortDir): Row[] {
   return rows
     .map((r, i) => ({ r, i }))
     .sort((a, b) => {
-      const va = a.r[column];
-      const vb = b.r[column];
+      const va = field(a.r, column);
+      const vb = field(b.r, column);
       const ma = missing(va);
       const mb = missing(vb);
       if (ma || mb) return ma === mb ? a.i - b.i : ma ? 1 : -1;
@@ -182,6 +202,31 @@ export function estimateRemaining(p: {
   const mean = p.durations.reduce((a, b) => a + b, 0) / p.durations.length;
   const left = Math.max(0, p.total - p.done);
   return Math.max(0, mean * left - (p.runningFor ?? 0));
+}
+
+/**
+ * An axis range that fits the values: their span plus `pad` of it on each side, and at least
+ * `2 * minHalfSpan` wide (centred on the values). 0 is never forced in. Without `minHalfSpan`:
+ * 0.5 percentage points for a fraction (`fraction: true`), else 1 % of the values' magnitude.
+ * Null when there is no finite value.
+ */
+export function fitRange(
+  values: readonly unknown[],
+  o: { pad?: number; fraction?: boolean; minHalfSpan?: number } = {},
+): [number, number] | null {
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (const v of values) {
+    if (!isNum(v)) continue;
+    if (v < lo) lo = v;
+    if (v > hi) hi = v;
+  }
+  if (lo > hi) return null;
+  const pad = o.pad ?? 0.08;
+  const mid = (lo + hi) / 2;
+  const minHalf = o.minHalfSpan ?? (o.fraction ? 0.005 : Math.max(Math.abs(lo), Math.abs(hi)) * 0.01 || 0.01);
+  const half = Math.max(((hi - lo) / 2) * (1 + 2 * pad), minHalf);
+  return [mid - half, mid + half];
 }
 
 // ----------------------------------------------------------------------------- formatting
@@ -281,7 +326,7 @@ export function describe(row: Row, metric: string): [string, string][] {
   ];
   const out: [string, string][] = [];
   for (const c of cols) {
-    const v = row[c];
+    const v = field(row, c);
     if (v === null || v === undefined || v === "") continue;
     if (c === "params" && formatParams(v as Record<string, unknown>) === "") continue;
     out.push([c === "accuracy" ? metric : c === "accuracy_drop" ? "vs baseline" : c, formatCell(c, v, metric)]);
@@ -309,7 +354,7 @@ const HOVER_FIELDS: [string, string][] = [
 export function hoverText(row: Row, metric: string): string {
   const lines: string[] = [`<b>${escapeHtml(row.name)}</b>`];
   for (const [col, label] of HOVER_FIELDS) {
-    const v = row[col];
+    const v = field(row, col);
     if (v === null || v === undefined || v === "") continue;
     let t = formatCell(col, v, metric);
     if (col === "params" && t === "–") continue;

@@ -149,7 +149,7 @@ describe("formatting", () => {
     expect(formatBudget(0.015, "accuracy")).toBe("1.50 pp");
   });
   it("describes every column and escapes the hover", () => {
-    const r = row("a<b", 100, 0.8, { params: { amount: 0.5 }, notes: "3/3 Linear", threads: 1, custom_col: 7 });
+    const r = row("a<b", 100, 0.8, { params: { amount: 0.5 }, notes: "3/3 Linear", threads: 1, custom_col: 7 } as Partial<Row>);
     const cols = describeRow(r, "accuracy").map(([c]) => c);
     expect(cols.slice(0, 4)).toEqual(["name", "backend", "recipe", "params"]);
     expect(cols).toContain("custom_col");

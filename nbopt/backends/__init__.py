@@ -1,30 +1,62 @@
-"""Backend registry. Each backend lives in its own module and is imported only when used."""
+"""The backend registry. Each backend is a package (``nbopt/backends/<name>/``) imported only when used.
+
+Every backend package has the same modules for the same roles: ``backend`` (the ``Backend`` subclass),
+``recipes`` (one registered handler per recipe), ``runner`` (runs the deployable file), ``convert``
+(gets the model into the format) and ``reports`` (what an artifact holds). Adding a backend is one line
+in ``_PACKAGES`` plus its folder.
+"""
 from __future__ import annotations
 
 import importlib
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 from ..errors import NboptError
 from .base import Artifact, Backend, Context, Param, Runner  # noqa: F401
 
-_MODULES = {
-    "torch": ("nbopt.backends.torch_backend", "TorchBackend"),
-    "onnx": ("nbopt.backends.onnx_backend", "OnnxBackend"),
-    "tflite": ("nbopt.backends.tflite_backend", "TFLiteBackend"),
+# name -> (package, backend class, the module whose absence means the extra is not installed)
+_PACKAGES = {
+    "torch": ("nbopt.backends.torch", "TorchBackend", "executorch"),
+    "onnx": ("nbopt.backends.onnx", "OnnxBackend", "onnxruntime"),
+    "tflite": ("nbopt.backends.tflite", "TFLiteBackend", "tensorflow"),
+    "coreml": ("nbopt.backends.coreml", "CoreMLBackend", "coremltools"),
 }
-BACKEND_NAMES = tuple(_MODULES)
+BACKEND_NAMES = tuple(_PACKAGES)  # the built-in backends
+
+
+def register_backend(name: str, package: str, cls: str, probe: str | None = None) -> None:
+    """Make a backend defined outside nbopt (a plug-in, or a test's fake) available by ``name``.
+    ``probe`` is the module whose absence means the backend's runtime is not installed."""
+    _PACKAGES[name] = (package, cls, probe or package.split(".")[0])
 
 
 def get_backend(name: str) -> Backend:
-    if name not in _MODULES:
-        raise NboptError(f"Unknown backend '{name}'; known backends: {', '.join(BACKEND_NAMES)}.")
-    module, cls = _MODULES[name]
+    if name not in _PACKAGES:
+        raise NboptError(f"Unknown backend '{name}'; known backends: {', '.join(_PACKAGES)}.")
+    package, cls, _ = _PACKAGES[name]
     try:
-        mod = importlib.import_module(module)
+        mod = importlib.import_module(package)
     except ImportError as exc:
         raise NboptError(f"Backend '{name}' needs packages that are not installed ({exc.name or exc}): "
                          f"pip install 'nbopt[{name}]'.") from exc
     return getattr(mod, cls)()
+
+
+def installed_backends() -> list[str]:
+    """Backends whose runtime is installed, found without importing it (for the panel's setup mode)."""
+    return [name for name, (_, _, probe) in _PACKAGES.items() if importlib.util.find_spec(probe) is not None]
+
+
+def recipes_of(names: list[str]) -> list[str]:
+    """Every recipe name the given backends implement, sorted (imports those backends)."""
+    found: set[str] = set()
+    for name in names:
+        try:
+            found.update(get_backend(name).handlers)
+        except NboptError:
+            continue
+    return sorted(found)
 
 
 def default_backends(model: Any) -> list[str]:
@@ -35,22 +67,8 @@ def default_backends(model: Any) -> list[str]:
 
 def model_kind(model: Any) -> str:
     """'torch', 'onnx', 'keras' or 'tflite', decided from the type's module or the file suffix."""
-    from pathlib import Path
-
     if isinstance(model, (str, Path)):
-        path = Path(model)
-        if not path.exists():
-            raise NboptError(f"Model file '{path}' does not exist: check the path.")
-        if path.suffix == ".onnx":
-            return "onnx"
-        if path.suffix == ".tflite":
-            return "tflite"
-        if path.is_dir() and (path / "saved_model.pb").exists():
-            return "keras"
-        if path.suffix == ".keras":
-            return "keras"
-        raise NboptError(f"Cannot tell what model '{path}' is: give an .onnx, .tflite or .keras file, "
-                         "a SavedModel folder, or a model object.")
+        return _file_kind(Path(model))
     mods = [c.__module__ for c in type(model).__mro__]
     if any(m.startswith("torch.nn") for m in mods):
         return "torch"
@@ -59,4 +77,31 @@ def model_kind(model: Any) -> str:
     if any(m.startswith(("keras", "tf_keras", "tensorflow")) for m in mods):
         return "keras"
     raise NboptError(f"nbopt cannot optimize a {type(model).__name__}: pass a torch.nn.Module, a Keras "
-                     "model, an onnx.ModelProto, or a path to an .onnx / .tflite file.")
+                     "model, an onnx.ModelProto, or a path to an .onnx / .tflite / .keras / .pt2 file.")
+
+
+def _file_kind(path: Path) -> str:
+    if not path.exists():
+        raise NboptError(f"Model file '{path}' does not exist: check the path.")
+    if path.suffix == ".onnx":
+        return "onnx"
+    if path.suffix == ".tflite":
+        return "tflite"
+    if path.suffix == ".pt2":
+        return "torch"
+    if path.suffix == ".keras" or (path.is_dir() and (path / "saved_model.pb").exists()):
+        return "keras"
+    raise NboptError(f"Cannot tell what model '{path}' is: give an .onnx, .tflite, .keras or .pt2 file, "
+                     "a SavedModel folder, or a model object.")
+
+
+def sensitivity_capable() -> list[str]:
+    """Installed backends that declare the per-layer sensitivity capability."""
+    out = []
+    for name in installed_backends():
+        try:
+            if get_backend(name).supports_sensitivity:
+                out.append(name)
+        except NboptError:
+            continue
+    return out

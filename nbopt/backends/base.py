@@ -4,22 +4,22 @@ A backend turns (model, recipe, calibration data) into an ``Artifact``: the depl
 plus notes on what was done. ``load(artifact)`` gives a ``Runner`` that runs that file in its own
 runtime; the evaluator measures everything through it. Nothing outside a backend imports its framework.
 
-Adding a recipe to a backend is one decorated function::
+Adding a recipe to a backend is one decorated function; shared parameters come from
+``nbopt.recipes.RECIPES``, a backend adds only its own::
 
-    @TorchBackend.recipe("int8-dynamic", per_channel=Param(True, choices=(True, False)))
-    def _int8_dynamic(backend, prepared, params, ctx) -> Artifact: ...
+    @TorchBackend.recipe("int8-static", honours={"calibration": ("minmax", "histogram", "entropy")})
+    def _int8_static(backend, prepared, params, ctx) -> Artifact: ...
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Protocol
+from typing import Any, Callable, ClassVar, Protocol
 
 import numpy as np
 
 from ..errors import NboptError
-from ..recipes import Recipe
+from ..recipes import RECIPES, Param, Recipe, missing_calib  # noqa: F401  (Param: for handlers' own params)
 
 
 @dataclass
@@ -50,43 +50,16 @@ class Runner(Protocol):
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray: ...
 
 
-@dataclass(frozen=True)
-class Param:
-    """One recipe parameter: its default and what values are allowed."""
-
-    default: Any
-    choices: tuple | None = None
-    low: float | None = None  # inclusive
-    high: float | None = None  # inclusive
-    help: str = ""
-
-    def check(self, recipe: str, name: str, value: Any) -> Any:
-        if self.choices is not None and value not in self.choices:
-            allowed = ", ".join(map(repr, self.choices))
-            raise NboptError(f"Recipe '{recipe}' parameter '{name}' is {value!r}; allowed: {allowed}.")
-        if self.low is not None or self.high is not None:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise NboptError(f"Recipe '{recipe}' parameter '{name}' must be a number, got {value!r}.")
-            if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
-                raise NboptError(f"Recipe '{recipe}' parameter '{name}' is {value}; it must lie between "
-                                 f"{self.low} and {self.high}.")
-        return value
-
-
 @dataclass
 class Context:
-    """What a handler may use besides the model: calibration data (never eval data) and a folder."""
+    """What a handler may use besides the model: calibration data (never eval data) and a folder.
+
+    ``calib`` is set whenever the recipe needs it: the study checks that once, before the sweep.
+    """
 
     workdir: Path
     calib: Any = None  # nbopt.data.Data or None
     seed: int = 0
-    log: Callable[[str], None] = lambda msg: None
-
-    def require_calib(self, recipe: str):
-        if self.calib is None:
-            raise NboptError(f"Recipe '{recipe}' needs calibration data: pass calib=... "
-                             "(a few hundred examples are enough).")
-        return self.calib
 
 
 Handler = Callable[["Backend", Any, dict, Context], Artifact]
@@ -94,9 +67,19 @@ Handler = Callable[["Backend", Any, dict, Context], Artifact]
 
 @dataclass(frozen=True)
 class RecipeSpec:
+    """A backend's handler for a canonical recipe: the shared values it can honour (a subset of the
+    shared choices), its own defaults for shared parameters, and its own extra parameters."""
+
     handler: Handler
-    params: dict[str, Param]
-    needs_calib: bool = False
+    own: dict[str, Param]
+    honours: dict[str, tuple]
+    defaults: dict[str, Any]
+
+    def params(self, recipe: str) -> dict[str, Param]:
+        return {**RECIPES[recipe].params, **self.own}
+
+    def default(self, recipe: str, key: str) -> Any:
+        return self.defaults.get(key, self.params(recipe)[key].default)
 
 
 class Backend:
@@ -104,15 +87,27 @@ class Backend:
 
     name: ClassVar[str] = ""
     handlers: ClassVar[dict[str, RecipeSpec]]
+    # Optional capability: per-layer quantization sensitivity (``sensitivity`` / ``sensitivity_cost``).
+    supports_sensitivity: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
         cls.handlers = {}
 
     @classmethod
-    def recipe(cls, name: str, needs_calib: bool = False, **params: Param):
+    def recipe(cls, name: str, *, honours: dict[str, tuple] | None = None, defaults: dict[str, Any] | None = None,
+               **own: Param):
+        """Register a handler for the canonical recipe ``name``. ``honours`` limits shared parameters to the
+        values this backend can do; ``defaults`` overrides a shared default; ``own`` adds parameters that
+        exist on this backend only."""
+        if name not in RECIPES:
+            raise ValueError(f"'{name}' is not a canonical recipe name (nbopt.recipes.RECIPES)")
+        clash = set(own) & set(RECIPES[name].params)
+        if clash:
+            raise ValueError(f"{cls.__name__} redeclares shared parameter(s) {sorted(clash)} of '{name}'")
+
         def register(fn: Handler) -> Handler:
-            cls.handlers[name] = RecipeSpec(fn, params, needs_calib)
+            cls.handlers[name] = RecipeSpec(fn, own, dict(honours or {}), dict(defaults or {}))
             return fn
         return register
 
@@ -123,8 +118,8 @@ class Backend:
         raise NotImplementedError
 
     def prepare(self, model: Any, example: Any) -> Any:
-        """Check and convert the user's model once (copy it, export it); raise NboptError if unusable.
-        ``example`` is the eval ``Data`` (for input names and shapes)."""
+        """Check and convert the user's model once (copy it, export it); raise NboptError if unusable,
+        CandidateError if only this backend cannot take it. ``example`` is the eval ``Data``."""
         raise NotImplementedError
 
     def fingerprint(self, model: Any) -> str:
@@ -148,43 +143,54 @@ class Backend:
         """Library versions that shape the artifacts (model cards, store keys)."""
         return {}
 
+    def sensitivity(self, prepared: Any, calib: Any):
+        """Per-layer sensitivity DataFrame (only where ``supports_sensitivity``)."""
+        raise NotImplementedError
+
+    def sensitivity_cost(self, prepared: Any, calib: Any) -> tuple[bool, int]:
+        """(already measured, how many layers the analysis quantizes one at a time)."""
+        raise NotImplementedError
+
     # -- shared machinery ----------------------------------------------------------------------
-    def validate(self, recipe: Recipe) -> Recipe:
-        """Fill defaults and check every parameter; unknown names list the known ones."""
+    def resolve(self, recipe: Recipe) -> tuple[Recipe, str]:
+        """The recipe with every parameter filled in, and '' or the reason this backend cannot do it as
+        asked (a skipped row). Values no backend allows raise NboptError (checked by the shared Param)."""
         spec = self.handlers.get(recipe.name)
         if spec is None:
-            known = ", ".join(sorted(self.handlers))
-            raise NboptError(f"Backend '{self.name}' has no recipe '{recipe.name}'; it knows: {known}.")
-        unknown = set(recipe.params) - set(spec.params)
-        if unknown:
-            known = ", ".join(sorted(spec.params)) or "none"
-            raise NboptError(f"Recipe '{recipe.name}' has no parameter {', '.join(map(repr, sorted(unknown)))}; "
-                             f"its parameters: {known}.")
-        full = {k: p.default for k, p in spec.params.items()}
+            return recipe, f"the {self.name} backend has no recipe '{recipe.name}'"
+        params = spec.params(recipe.name)
+        foreign = sorted(set(recipe.params) - set(params))
+        if foreign:
+            return recipe, (f"the {self.name} backend's {recipe.name} has no parameter "
+                            f"{', '.join(map(repr, foreign))} (another backend's own)")
+        full = {k: spec.default(recipe.name, k) for k in params}
         for key, value in recipe.params.items():
-            full[key] = spec.params[key].check(recipe.name, key, value)
-        return Recipe(recipe.name, full)
+            full[key] = params[key].check(recipe.name, key, value)
+        shown = tuple(k for k in full if k in recipe.params or full[k] != spec.default(recipe.name, k))
+        for key, allowed in spec.honours.items():
+            if full[key] not in allowed:
+                return Recipe(recipe.name, full, shown), (
+                    f"the {self.name} backend's {recipe.name} cannot do {key}={full[key]!r} "
+                    f"(it offers {', '.join(map(repr, allowed))})")
+        return Recipe(recipe.name, full, shown), ""
+
+    def validate(self, recipe: Recipe) -> Recipe:
+        """``resolve`` for direct use: what this backend cannot do as asked is an NboptError."""
+        if recipe.name not in self.handlers:
+            raise NboptError(f"Backend '{self.name}' has no recipe '{recipe.name}'; it knows: "
+                             f"{', '.join(sorted(self.handlers))}.")
+        spec = self.handlers[recipe.name]
+        unknown = sorted(set(recipe.params) - set(spec.params(recipe.name)))
+        if unknown:
+            raise NboptError(f"Recipe '{recipe.name}' has no parameter {', '.join(map(repr, unknown))} on the "
+                             f"{self.name} backend; its parameters: {', '.join(sorted(spec.params(recipe.name)))}.")
+        full, reason = self.resolve(recipe)
+        if reason:
+            raise NboptError(reason[0].upper() + reason[1:] + ".")
+        return full
 
     def apply(self, prepared: Any, recipe: Recipe, ctx: Context) -> Artifact:
-        spec = self.handlers[recipe.name]
-        if spec.needs_calib:
-            ctx.require_calib(recipe.name)
-        return spec.handler(self, prepared, dict(recipe.params), ctx)
-
-
-def hash_arrays(arrays: Iterable[np.ndarray], extra: str = "") -> str:
-    h = hashlib.blake2b(digest_size=16)
-    h.update(extra.encode())
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(str((a.dtype, a.shape)).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def hash_file(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        reason = missing_calib(recipe.name, ctx.calib)
+        if reason:
+            raise NboptError(reason)
+        return self.handlers[recipe.name].handler(self, prepared, dict(recipe.params), ctx)

@@ -16,13 +16,17 @@ A static check of the artifact itself (not a run on a device), op by op:
   Float QUANTIZE / DEQUANTIZE at the model's inputs and outputs are accepted (the CPU converts the
   float I/O, the accelerator runs the rest).
 
-``delegate_report(path) -> dict`` gives the full report; ``summary`` is the short text for the results
+``weight_summary(path)`` says which weights are stored in which type. ``delegate_report(path) -> dict`` gives the full report; ``summary`` is the short text for the results
 table. The file is read with LiteRT's flatbuffer schema; TensorFlow is not needed.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import numpy as np
+
+from .runner import interpreter_class
 
 
 # TFLite builtin op names (as the interpreter reports them) that the Edge TPU compiler maps.
@@ -250,3 +254,36 @@ def write_report(tflite_path: Path, out_path: Path | None = None) -> tuple[str, 
     out_path = out_path or tflite_path.with_name(tflite_path.stem + ".delegates.json")
     out_path.write_text(json.dumps(report, indent=1))
     return report["summary"], out_path
+
+
+# -- weight types ------------------------------------------------------------------------------------
+WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D", "BATCH_MATMUL")
+
+
+def weight_summary(path: Path) -> str:
+    """'weights int8: 4/4 CONV_2D, FULLY_CONNECTED; io float32 -> float32' from the file's own ops."""
+    Interp, _ = interpreter_class()
+    it = Interp(model_path=str(path))
+    types = {int(t["index"]): np.dtype(t["dtype"]).name for t in it.get_tensor_details()}
+    producers = {}
+    ops = it._get_ops_details()
+    for op in ops:
+        for o in op["outputs"]:
+            producers[int(o)] = op["op_name"]
+    counts: dict[str, list[int]] = {}
+    kinds: dict[str, int] = {}
+    for op in ops:
+        if op["op_name"] not in WEIGHT_OPS or len(op["inputs"]) < 2:
+            continue
+        w = int(op["inputs"][1])
+        wtype = types.get(w, "?")
+        if producers.get(w) == "DEQUANTIZE":  # fp16 weights are dequantized at load
+            src = [int(p["inputs"][0]) for p in ops if w in [int(x) for x in p["outputs"]]]
+            wtype = types.get(src[0], wtype) if src else wtype
+        kinds[wtype] = kinds.get(wtype, 0) + 1
+        counts.setdefault(op["op_name"], [0])[0] += 1
+    total = sum(kinds.values())
+    parts = ", ".join(f"{k} {v}/{total}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
+    ins = ",".join(np.dtype(d["dtype"]).name for d in it.get_input_details())
+    outs = ",".join(np.dtype(d["dtype"]).name for d in it.get_output_details())
+    return f"weights {parts or 'none'} ({', '.join(sorted(counts))}); io {ins}->{outs}"

@@ -4,17 +4,15 @@ Imported only by the onnx backend modules (onnx, onnxruntime and torch are impor
 """
 from __future__ import annotations
 
-import io
 import shutil
 import tempfile
-import warnings
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import NboptError
+from ...errors import CandidateError, NboptError, one_line
+from ...quiet import quiet
 
 ORT_TO_NUMPY = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -66,7 +64,7 @@ def load_user_file(path: Path, dest: Path) -> Path:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends
         raise NboptError(f"'{path}' is not a readable ONNX model ({type(exc).__name__}: "
-                         f"{_first_line(exc)}); the file may be truncated or not an .onnx file.") from exc
+                         f"{one_line(exc, with_type=False)}); the file may be truncated or not an .onnx file.") from exc
     if not proto.graph.node:
         raise NboptError(f"'{path}' holds no ONNX graph (zero nodes): the file is empty or not an ONNX model.")
     copied = dest / path.name
@@ -106,22 +104,19 @@ def export_torch(model: Any, example: dict[str, np.ndarray], single_input: bool,
         args, kwargs = (), tensors
         dynamic_shapes = {k: {0: batch} for k in names}
     input_names = ["input"] if single_input else names
-    sink = io.StringIO()
     dynamo_error = None
     try:
-        with warnings.catch_warnings(), redirect_stdout(sink), redirect_stderr(sink):
-            warnings.simplefilter("ignore")
+        with quiet():
             torch.onnx.export(model, args, str(path), kwargs=kwargs or None, input_names=input_names,
                               dynamic_shapes=dynamic_shapes, dynamo=True, external_data=True,
                               optimize=True, verify=False)
         return path, "exported with torch.onnx dynamo exporter"
     except Exception as exc:  # noqa: BLE001 - any exporter failure falls back to TorchScript
-        dynamo_error = f"{type(exc).__name__}: {_first_line(exc)}"
+        dynamo_error = one_line(exc)
     for f in dest.glob("model.onnx*"):
         f.unlink()
     try:
-        with warnings.catch_warnings(), redirect_stdout(sink), redirect_stderr(sink):
-            warnings.simplefilter("ignore")
+        with quiet():
             if single_input:
                 targs, ts_names = args, input_names
             else:  # positional order follows forward()'s signature
@@ -134,15 +129,10 @@ def export_torch(model: Any, example: dict[str, np.ndarray], single_input: bool,
                               dynamic_axes={k: {0: "batch"} for k in ts_names}, dynamo=False,
                               opset_version=17)
     except Exception as exc:  # noqa: BLE001
-        raise NboptError(f"torch.onnx could not export this model: the dynamo exporter failed "
+        raise CandidateError(f"torch.onnx could not export this model: the dynamo exporter failed "
                          f"({dynamo_error[:300]}) and the TorchScript exporter failed too "
-                         f"({type(exc).__name__}: {_first_line(exc)[:300]}).") from exc
+                         f"({type(exc).__name__}: {one_line(exc, 300, with_type=False)}).") from exc
     return path, f"exported with the TorchScript exporter because the dynamo exporter failed ({dynamo_error[:200]})"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def new_tempdir(prefix: str = "nbopt_onnx_") -> Path:

@@ -6,7 +6,7 @@ integer I/O; int8 or int16x8 activations) and, for Keras models, ``prune-unstruc
 magnitude pruning of a clone's kernels; the compressed size is reported because zeros only shrink a
 compressed file). Every artifact is run in the LiteRT interpreter (``ai_edge_litert``, else
 ``tf.lite.Interpreter``) with the XNNPACK CPU delegate, and gets a delegate-compatibility report
-(GPU delegate, int8-only accelerators) written beside it (see ``tflite_delegates``).
+(GPU delegate, int8-only accelerators) written beside it (see ``reports``).
 
 TensorFlow, Keras and torch are imported inside functions only: ``import nbopt`` stays light.
 Data is fed as given: Keras / TFLite models take channels-last (NHWC) images.
@@ -22,12 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CandidateError, NboptError
-from ..recipes import Recipe
-from .base import Artifact, Backend, Context, hash_arrays, hash_file
-from .tflite_artifacts import make_artifact
-from .tflite_convert import _convert, _is_keras, _is_torch, _keras_converter, _quiet, _torch_to_tflite
-from .tflite_runner import (TensorSpec, TFLiteRunner, _clean, _first_line, _tf, _version, check_data,
+from ...errors import CandidateError, NboptError, one_line
+from ...quiet import quiet
+from ...recipes import Recipe
+from ..base import Artifact, Backend, Context
+from ..common import hash_arrays, hash_files, hash_torch_module, versions
+from .convert import convert, is_keras, is_torch, keras_converter, make_artifact, torch_to_tflite
+from .runner import (TensorSpec, TFLiteRunner, clean_name, check_data, import_tf,
                             interpreter_class, map_inputs)
 
 
@@ -47,18 +48,15 @@ class TFLitePrepared:
 class TFLiteBackend(Backend):
     name = "tflite"
 
-    def __init__(self, threads: int | None = None):
-        self.threads = threads
-
     @classmethod
     def accepts(cls, model: Any) -> bool:
         if isinstance(model, (str, Path)):
             p = Path(model)
             return p.suffix in (".tflite", ".keras") or (p.is_dir() and (p / "saved_model.pb").exists())
-        if _is_keras(model):
+        if is_keras(model):
             return True
         # PyTorch goes through litert-torch; without it, prepare() says so and the row fails with that reason
-        return _is_torch(model)
+        return is_torch(model)
 
     def warm_imports(self) -> None:
         interpreter_class()
@@ -78,23 +76,23 @@ class TFLiteBackend(Backend):
                 import keras
 
                 try:
-                    with _quiet():
+                    with quiet():
                         loaded = keras.models.load_model(path)
                 except Exception as exc:  # noqa: BLE001
-                    raise NboptError(f"Keras cannot load '{path.name}' ({_first_line(exc)[:200]}).") from exc
+                    raise NboptError(f"Keras cannot load '{path.name}' ({one_line(exc, 200, with_type=False)}).") from exc
                 prep = self._keras(loaded, example, f"Keras file {path.name}")
             elif path.is_dir() and (path / "saved_model.pb").exists():
-                tf = _tf()
+                tf = import_tf()
                 conv = tf.lite.TFLiteConverter.from_saved_model(str(path))
                 prep = TFLitePrepared("saved_model", path, f"SavedModel {path.name}",
-                                      fp32=self._first_convert(conv))
+                                      fp32=self._firstconvert(conv))
             else:
                 raise NboptError(f"The TFLite backend takes a .tflite or .keras file or a SavedModel folder, "
                                  f"not '{path.name}'.")
-        elif _is_keras(model):
+        elif is_keras(model):
             prep = self._keras(model, example, f"Keras {type(model).__name__}")
-        elif _is_torch(model):
-            data, note = _torch_to_tflite(model, example, workdir)
+        elif is_torch(model):
+            data, note = torch_to_tflite(model, example, workdir)
             prep = TFLitePrepared("torch", model, f"PyTorch {type(model).__name__} via {note}", fp32=data)
         else:
             raise NboptError(f"The TFLite backend takes a Keras model, a SavedModel folder, a .tflite file or a "
@@ -112,21 +110,21 @@ class TFLiteBackend(Backend):
                 raise
             except Exception as exc:  # noqa: BLE001
                 raise NboptError(f"The LiteRT interpreter could not run this model on the given data "
-                                 f"({type(exc).__name__}: {_first_line(exc)[:300]}).") from exc
+                                 f"({type(exc).__name__}: {one_line(exc, 300, with_type=False)}).") from exc
         return prep
 
     def _keras(self, model, example, note: str) -> TFLitePrepared:
         if not getattr(model, "built", True) or not getattr(model, "weights", None):
             if example is None:
                 raise NboptError("This Keras model is not built yet: call it once on an example or pass eval=...")
-            with _quiet():
+            with quiet():
                 model(example.example(1)[example.input_names[0]] if example.single_input else example.example(1))
-        return TFLitePrepared("keras", model, note, fp32=self._first_convert(_keras_converter(model)))
+        return TFLitePrepared("keras", model, note, fp32=self._firstconvert(keras_converter(model)))
 
     @staticmethod
-    def _first_convert(conv) -> bytes:
+    def _firstconvert(conv) -> bytes:
         try:
-            return _convert(conv, "fp32")
+            return convert(conv, "fp32")
         except CandidateError as exc:
             raise NboptError(str(exc)) from exc
 
@@ -134,24 +132,21 @@ class TFLiteBackend(Backend):
         if isinstance(model, (str, Path)):
             p = Path(model)
             files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-            return hash_arrays([], "tflite-path:" + ":".join(hash_file(f) for f in files))
-        if _is_keras(model):
+            return hash_files(files, "tflite-path")
+        if is_keras(model):
             try:
                 structure = model.to_json()
             except Exception:  # noqa: BLE001  (subclassed models)
                 structure = type(model).__qualname__ + repr([w.shape for w in model.weights])
             return hash_arrays([np.asarray(w) for w in model.get_weights()], "keras:" + structure)
-        state = model.state_dict()
-        arrays = [v.detach().cpu().float().numpy() if v.is_floating_point() else v.detach().cpu().numpy()
-                  for v in state.values()]
-        return hash_arrays(arrays, "torch->tflite:" + repr(model))
+        return hash_torch_module(model, "tflite<-torch")
 
     def baseline(self, prepared: TFLitePrepared, ctx: Context) -> Artifact:
         how = {"tflite": "", "torch": "fp32, "}.get(prepared.kind, "fp32, TFLite converter; ")
         return make_artifact(prepared.fp32, ctx, "baseline", how + prepared.note)
 
     def load(self, artifact: Artifact) -> TFLiteRunner:
-        return TFLiteRunner(artifact.path, threads=self.threads)
+        return TFLiteRunner(artifact.path)
 
     def default_recipes(self, prepared: TFLitePrepared) -> list[Recipe]:
         if prepared.kind in ("tflite", "torch"):
@@ -162,12 +157,7 @@ class TFLiteBackend(Backend):
         return [self.validate(r) for r in recipes]
 
     def versions(self) -> dict[str, str]:
-        out = {}
-        for dist in ("tensorflow", "tensorflow-cpu", "keras", "ai-edge-litert", "litert-torch"):
-            v = _version(dist)
-            if v:
-                out[dist] = v
-        return out
+        return versions("tensorflow", "tensorflow-cpu", "keras", "ai-edge-litert", "litert-torch")
 
     # -- shared pieces ---------------------------------------------------------------------------------
     def converter(self, prepared: TFLitePrepared, recipe: str):
@@ -179,8 +169,8 @@ class TFLiteBackend(Backend):
             raise CandidateError(f"'{recipe}' for a PyTorch model is not done on TFLite: nbopt converts PyTorch "
                                  "models with litert-torch to fp32 only; quantize with the torch or onnx backend.")
         if prepared.kind == "saved_model":
-            return _tf().lite.TFLiteConverter.from_saved_model(str(prepared.source))
-        return _keras_converter(prepared.source)
+            return import_tf().lite.TFLiteConverter.from_saved_model(str(prepared.source))
+        return keras_converter(prepared.source)
 
     def representative(self, prepared: TFLitePrepared, calib, limit: int = 1024):
         """Representative dataset from the calibration data: one example at a time, in model dtypes."""
@@ -195,12 +185,10 @@ class TFLiteBackend(Backend):
                 if len(arrays) == 1:
                     yield arrays
                 else:
-                    yield {_clean(s.name): a for (s, _), a in zip(pairs, arrays)}
+                    yield {clean_name(s.name): a for (s, _), a in zip(pairs, arrays)}
                 count += 1
                 if count >= limit:
                     return
 
         return gen
 
-
-from . import tflite_recipes  # noqa: E402,F401  (registers the recipe handlers)

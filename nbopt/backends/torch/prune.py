@@ -1,12 +1,13 @@
-"""Torch backend, part 3: pruning (torch.nn.utils.prune, unstructured; Torch-Pruning, structured)."""
+"""Torch backend: pruning (torch.nn.utils.prune, unstructured; Torch-Pruning, structured)."""
 from __future__ import annotations
 
 import copy
 
 import numpy as np
 
-from ..errors import CandidateError
-from .torch_export import first_output, import_torch, quiet, to_tensors
+from ...errors import CandidateError
+from ...quiet import quiet
+from .runner import first_output, import_torch, to_tensors
 
 
 def prunable_layers(model):

@@ -5,33 +5,19 @@ TensorFlow, Keras, torch and litert-torch are imported inside functions only.
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import re
-import warnings
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import CandidateError, NboptError
-from .tflite_runner import _first_line, _tf, _version
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Keep the converter's prints (Keras export summary, litert-torch progress) out of the notebook."""
-    sink = io.StringIO()
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)
+from ...errors import CandidateError, NboptError, one_line
+from ...quiet import quiet
+from ..base import Artifact, Context
+from ..common import versions
+from .reports import weight_summary, write_report
+from .runner import import_tf
 
 
 def converter_reason(exc: BaseException) -> str:
@@ -50,9 +36,9 @@ def converter_reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _convert(converter, what: str) -> bytes:
+def convert(converter, what: str) -> bytes:
     try:
-        with _quiet():
+        with quiet():
             return converter.convert()
     except (NboptError, CandidateError):
         raise
@@ -61,20 +47,20 @@ def _convert(converter, what: str) -> bytes:
                              f"{converter_reason(exc)}.") from exc
 
 
-def _is_keras(model: Any) -> bool:
+def is_keras(model: Any) -> bool:
     return any(c.__module__.startswith(("keras", "tf_keras")) for c in type(model).__mro__)
 
 
-def _is_torch(model: Any) -> bool:
+def is_torch(model: Any) -> bool:
     return any(c.__module__.startswith("torch.nn") for c in type(model).__mro__)
 
 
-def _keras_converter(model):
-    tf = _tf()
+def keras_converter(model):
+    tf = import_tf()
     return tf.lite.TFLiteConverter.from_keras_model(model)
 
 
-def _torch_to_tflite(model, data, workdir: Path) -> tuple[bytes, str]:
+def torch_to_tflite(model, data, workdir: Path) -> tuple[bytes, str]:
     try:
         import litert_torch
     except ImportError as exc:
@@ -90,10 +76,29 @@ def _torch_to_tflite(model, data, workdir: Path) -> tuple[bytes, str]:
     args = tuple(torch.from_numpy(np.ascontiguousarray(ex[n])) for n in data.input_names)
     out = workdir / "torch_fp32.tflite"
     try:
-        with _quiet():
+        with quiet():
             edge = litert_torch.convert(model.eval(), args)
             edge.export(str(out))
     except Exception as exc:  # noqa: BLE001
         raise CandidateError(f"litert-torch could not convert this PyTorch model to TFLite "
-                         f"({type(exc).__name__}: {_first_line(exc)[:300]}).") from exc
-    return out.read_bytes(), f"litert-torch {_version('litert-torch')}"
+                         f"({type(exc).__name__}: {one_line(exc, 300, with_type=False)}).") from exc
+    return out.read_bytes(), f"litert-torch {versions('litert-torch').get('litert_torch')}"
+
+
+def make_artifact(data: bytes, ctx: Context, stem: str, notes: str, **info) -> Artifact:
+    """Write the .tflite, add compressed size, weight types and the delegate report (not shipped)."""
+    ctx.workdir.mkdir(parents=True, exist_ok=True)
+    path = ctx.workdir / f"{stem}.tflite"
+    path.write_bytes(data)
+    info["size_compressed_bytes"] = len(zlib.compress(data, 6))
+    try:
+        info["quantized"] = weight_summary(path)
+    except Exception as exc:  # noqa: BLE001
+        info["quantized"] = f"unknown ({type(exc).__name__})"
+    try:
+        with quiet():
+            summary, report = write_report(path)
+        info["delegates"], info["delegate_report"] = summary, str(report)
+    except Exception as exc:  # noqa: BLE001  (a report that fails must not fail the candidate)
+        info["delegates"] = f"no report ({type(exc).__name__}: {one_line(exc, 120, with_type=False)})"
+    return Artifact(path=path, format="tflite", files=[path], notes=notes, info=info)

@@ -1,4 +1,4 @@
-"""Torch backend, part 2: quantization (torchao ``quantize_`` configs and PT2E static int8).
+"""Torch backend: quantization (torchao ``quantize_`` configs and PT2E static int8).
 
 Every function returns the transformed module (or exported program) plus a plain count of what was
 quantized, so a row never calls a network int8 while its convolutions stayed fp32.
@@ -9,37 +9,11 @@ import copy
 import dataclasses
 from collections import Counter
 
-from ..errors import CandidateError
-from .torch_export import export_dynamic_batch, export_static, import_torch, import_torchao, quiet, to_tensors
-
-LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
-
-
-def layer_counts(model) -> Counter:
-    """How many Linear / ConvNd modules the model has, by type name."""
-    torch = import_torch()
-    kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
-    return Counter(type(m).__name__ if type(m).__name__ in LAYER_TYPES else _base(m, kinds)
-                   for m in model.modules() if isinstance(m, kinds))
-
-
-def _base(module, kinds) -> str:
-    for k in kinds:
-        if isinstance(module, k):
-            return k.__name__
-    return type(module).__name__
-
-
-def describe(quantized: Counter, total: Counter, dtype: str) -> str:
-    """'2/2 Linear (int8), 0/2 Conv2d (fp32)'."""
-    parts = []
-    for kind in LAYER_TYPES:
-        if total.get(kind):
-            q = quantized.get(kind, 0)
-            label = dtype if q == total[kind] else (f"{dtype}, rest fp32" if q else "fp32")
-            parts.append(f"{q}/{total[kind]} {kind} ({label})")
-    return ", ".join(parts) or "no Linear or Conv layers"
-
+from ...errors import CandidateError
+from ...quiet import quiet
+from .convert import export_dynamic_batch, export_static
+from .reports import layer_type, pt2e_counts
+from .runner import import_torch, import_torchao, to_tensors
 
 # -- torchao quantize_ ------------------------------------------------------------------------------
 
@@ -65,7 +39,7 @@ def torchao_quantize(model, config, filter_fn=None):
     quantized = Counter()
     for name, m in model.named_modules():
         if name in before and type(m.weight) is not before[name]:
-            quantized[_base(m, kinds)] += 1
+            quantized[layer_type(m, kinds)] += 1
     with quiet():
         unwrap_tensor_subclass(model)
     return model, quantized
@@ -205,19 +179,3 @@ def pt2e_static(model, example: tuple, calib, input_names: list[str], per_channe
     with quiet():
         converted = convert_pt2e(prepared)
     return converted, {"calibrated_on": seen, "quantized": pt2e_counts(converted)}
-
-
-def pt2e_counts(graph_module) -> Counter:
-    """Conv / linear nodes whose weight comes out of a dequantize node (i.e. stored as int8)."""
-    kinds = {"conv1d": "Conv1d", "conv2d": "Conv2d", "conv3d": "Conv3d", "linear": "Linear",
-             "convolution": "Conv2d"}
-    found = Counter()
-    for node in graph_module.graph.nodes:
-        if node.op != "call_function":
-            continue
-        op = str(getattr(node.target, "__name__", node.target)).split(".")[0]
-        if op in kinds and len(node.args) > 1:
-            w = node.args[1]
-            if hasattr(w, "target") and "dequantize" in str(w.target):
-                found[kinds[op]] += 1
-    return found

@@ -1,19 +1,20 @@
 """The ONNX backend's recipe handlers (registered on OnnxBackend by their decorators).
 
-Imported at the end of ``onnx_backend``; onnx and onnxruntime are imported inside the handlers only.
+Imported by the package's ``__init__``; onnx and onnxruntime are imported inside the handlers only.
 """
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-from ..errors import CandidateError, NboptError
-from .base import Artifact, Context, Param
-from .onnx_backend import OnnxBackend, OnnxPrepared, _artifact
-from .onnx_export import model_files, save_model
-from .onnx_graph import _fix_external_location, _gemm_to_matmul, _quant_summary
-from .onnx_quant import _ort_call
-from .onnx_sensitivity import fidelity, keep_float_steps
+from ...errors import CandidateError, NboptError
+from ..base import Artifact, Context, Param
+from .backend import OnnxBackend, OnnxPrepared, onnx_artifact
+from .convert import model_files, save_model
+from .graph import fix_external_location, gemm_to_matmul
+from .quant import ort_call
+from .reports import quant_summary
+from .sensitivity import fidelity, keep_float_steps
 
 
 @OnnxBackend.recipe("fp16")
@@ -23,54 +24,55 @@ def _fp16(backend: OnnxBackend, prepared: OnnxPrepared, params: dict, ctx: Conte
 
     src, pre_note = backend.preprocessed(prepared)
     model = onnx.load(str(src))
-    half = _ort_call("onnxruntime.transformers.float16.convert_float_to_float16", convert_float_to_float16,
+    half = ort_call("onnxruntime.transformers.float16.convert_float_to_float16", convert_float_to_float16,
                      model, keep_io_types=True)
     out = ctx.workdir / "model.onnx"
     save_model(half, out)
-    return _artifact(out, f"fp16 weights and compute (inputs/outputs kept float32) via onnxruntime.transformers."
+    return onnx_artifact(out, f"fp16 weights and compute (inputs/outputs kept float32) via onnxruntime.transformers."
                           f"float16; {pre_note}")
 
 
-@OnnxBackend.recipe("int8-dynamic", per_channel=Param(False, choices=(True, False)),
-                    reduce_range=Param(False, choices=(True, False)),
+@OnnxBackend.recipe("int8-dynamic",
+                    reduce_range=Param(False, choices=(True, False),
+                                       help="7-bit weights, for CPUs without VNNI where 8-bit products saturate"),
                     weight_type=Param("int8", choices=("int8", "uint8")))
 def _int8_dynamic(backend: OnnxBackend, prepared: OnnxPrepared, params: dict, ctx: Context) -> Artifact:
     src, pre_note = backend.preprocessed(prepared)
     out = ctx.workdir / "model.onnx"
-    backend._dynamic(src, out, **params)
-    summary = _quant_summary(src, out)
-    return _artifact(out, f"quantize_dynamic ({_fmt(params)}): {summary}; {pre_note}", quantized=summary)
+    backend.quantize_dynamic(src, out, **params)
+    summary = quant_summary(src, out)
+    return onnx_artifact(out, f"quantize_dynamic ({_fmt(params)}): {summary}; {pre_note}", quantized=summary)
 
 
-@OnnxBackend.recipe("int8-static", needs_calib=True,
-                    calibration=Param("minmax", choices=("minmax", "entropy", "percentile")),
-                    per_channel=Param(True, choices=(True, False)),
-                    activation_type=Param("uint8", choices=("uint8", "int8")),
-                    reduce_range=Param(False, choices=(True, False)),
+@OnnxBackend.recipe("int8-static",
+                    honours={"calibration": ("minmax", "entropy", "percentile"), "activations": ("uint8", "int8")},
+                    defaults={"activations": "uint8"},  # onnxruntime's own default (QUInt8 activations)
+                    reduce_range=Param(False, choices=(True, False),
+                                       help="7-bit weights, for CPUs without VNNI where 8-bit products saturate"),
                     op_types=Param("weights", choices=("weights", "all"),
                                    help="'weights': Conv/MatMul/Gemm with constant weights only; "
                                         "'all': every op type onnxruntime can quantize (its default)"))
 def _int8_static(backend: OnnxBackend, prepared: OnnxPrepared, params: dict, ctx: Context) -> Artifact:
     src, pre_note = backend.preprocessed(prepared)
     out = ctx.workdir / "model.onnx"
-    backend._static(prepared, src, out, ctx.calib, **params)
-    summary = _quant_summary(src, out)
+    backend.quantize_static(prepared, src, out, ctx.calib, **params)
+    summary = quant_summary(src, out)
     n = ctx.calib.num_examples if hasattr(ctx.calib, "num_examples") else "?"
-    return _artifact(out, f"quantize_static QDQ ({_fmt(params)}), calibrated on {n} calibration examples: "
+    return onnx_artifact(out, f"quantize_static QDQ ({_fmt(params)}), calibrated on {n} calibration examples: "
                           f"{summary}; {pre_note}", quantized=summary)
 
 
-_NBITS_PARAMS = dict(
-    symmetric=Param(False, choices=(True, False)),
-    accuracy_level=Param(0, choices=(0, 1, 2, 3, 4), help="MatMulNBits compute precision: 0 unset, 4 int8 compute"))
+_SYMMETRIC = Param(False, choices=(True, False), help="symmetric weight ranges (no zero point)")
 
 
-@OnnxBackend.recipe("int4-weight-only", block_size=Param(32, choices=(16, 32, 64, 128, 256)), **_NBITS_PARAMS)
+@OnnxBackend.recipe("int4-weight-only", symmetric=_SYMMETRIC)
 def _int4(backend: OnnxBackend, prepared: OnnxPrepared, params: dict, ctx: Context) -> Artifact:
     return _weight_only(backend, prepared, params, ctx, bits=4)
 
 
-@OnnxBackend.recipe("int8-weight-only", block_size=Param(128, choices=(16, 32, 64, 128, 256)), **_NBITS_PARAMS)
+# MatMulNBits always quantizes in blocks: no per-channel (group_size=None) form
+@OnnxBackend.recipe("int8-weight-only", honours={"group_size": (16, 32, 64, 128, 256)}, defaults={"group_size": 128},
+                    symmetric=_SYMMETRIC)
 def _int8_weight_only(backend: OnnxBackend, prepared: OnnxPrepared, params: dict, ctx: Context) -> Artifact:
     # Weights int8 in blocks, activations left float: no activation-quantization error, which is what
     # costs transformer encoders their fidelity under quantize_dynamic.
@@ -84,16 +86,18 @@ def _weight_only(backend: OnnxBackend, prepared: OnnxPrepared, params: dict, ctx
 
     src, pre_note = backend.preprocessed(prepared)
     model = onnx.load(str(src))
-    n_gemm = _gemm_to_matmul(model)
+    n_gemm = gemm_to_matmul(model)
     before = sum(1 for n in model.graph.node if n.op_type == "MatMul")
 
     def run():
-        q = MatMulNBitsQuantizer(model, bits=bits, block_size=params["block_size"],
-                                 is_symmetric=params["symmetric"], accuracy_level=params["accuracy_level"] or None)
+        # accuracy_level 4: MatMulNBits computes with int8 activations quantized on the fly
+        level = 4 if params.get("activations") == "int8" else None
+        q = MatMulNBitsQuantizer(model, bits=bits, block_size=params["group_size"],
+                                 is_symmetric=params["symmetric"], accuracy_level=level)
         q.process()
         return q.model.model
 
-    qmodel = _ort_call("onnxruntime.quantization MatMulNBitsQuantizer", run)
+    qmodel = ort_call("onnxruntime.quantization MatMulNBitsQuantizer", run)
     done = sum(1 for n in qmodel.graph.node if n.op_type == "MatMulNBits")
     if done == 0:
         raise CandidateError(f"int{bits}-weight-only quantizes MatMul weights only (MatMulNBits), and no MatMul "
@@ -103,11 +107,11 @@ def _weight_only(backend: OnnxBackend, prepared: OnnxPrepared, params: dict, ctx
     gemm = f" ({n_gemm} Gemm rewritten as MatMul+Add first)" if n_gemm else ""
     convs = sum(1 for n in qmodel.graph.node if n.op_type == "Conv")
     what = f"{done}/{before} MatMul (int{bits})" + (f", 0/{convs} Conv (float)" if convs else "")
-    return _artifact(out, f"int{bits} weight-only MatMulNBits ({_fmt(params)}): {what}{gemm}, activations and "
+    return onnx_artifact(out, f"int{bits} weight-only MatMulNBits ({_fmt(params)}): {what}{gemm}, activations and "
                           f"other ops float; {pre_note}", quantized=what)
 
 
-@OnnxBackend.recipe("mixed-precision", needs_calib=True,
+@OnnxBackend.recipe("mixed-precision",
                     mode=Param("dynamic", choices=("dynamic", "static")),
                     keep_float=Param("auto", help="'auto' or how many of the most sensitive nodes stay float"),
                     per_channel=Param("auto", choices=("auto", True, False)),
@@ -122,7 +126,7 @@ def _mixed(backend: OnnxBackend, prepared: OnnxPrepared, params: dict, ctx: Cont
                          "whole number of nodes (0 or more).")
     mode = params["mode"]
     src, pre_note = backend.preprocessed(prepared)
-    feeds, ref = backend._reference(prepared, ctx.calib)
+    feeds, ref = backend.reference_outputs(prepared, ctx.calib)
     sens = backend.sensitivity(prepared, ctx.calib, mode=mode)
     ranked = sens.dropna(subset=["rel_error"])
     work = ctx.workdir / "search"
@@ -132,12 +136,12 @@ def _mixed(backend: OnnxBackend, prepared: OnnxPrepared, params: dict, ctx: Cont
     def build(cfg: dict, k: int, path: Path) -> dict:
         exclude = list(ranked["node"][:k])
         if mode == "dynamic":
-            backend._dynamic(src, path, per_channel=cfg["per_channel"], reduce_range=cfg["reduce_range"],
+            backend.quantize_dynamic(src, path, per_channel=cfg["per_channel"], reduce_range=cfg["reduce_range"],
                              exclude=exclude)
         else:
-            backend._static(prepared, src, path, ctx.calib, per_channel=cfg["per_channel"],
+            backend.quantize_static(prepared, src, path, ctx.calib, per_channel=cfg["per_channel"],
                             reduce_range=cfg["reduce_range"], exclude=exclude)
-        fid = fidelity(ref, backend._outputs(path, feeds))
+        fid = fidelity(ref, backend.outputs(path, feeds))
         row = {**cfg, "k": k, **fid, "size": sum(f.stat().st_size for f in model_files(path)), "path": path}
         trials.append(row)
         return row
@@ -168,7 +172,7 @@ def _mixed(backend: OnnxBackend, prepared: OnnxPrepared, params: dict, ctx: Cont
     out = ctx.workdir / "model.onnx"
     for f in model_files(chosen["path"]):
         shutil.move(str(f), str(ctx.workdir / f.name.replace(chosen["path"].name, out.name, 1)))
-    _fix_external_location(out, chosen["path"].name)
+    fix_external_location(out, chosen["path"].name)
     shutil.rmtree(work, ignore_errors=True)
     kept = list(ranked["node"][: chosen["k"]])
     ref_row = next((t for t in trials if t["k"] == 0 and not t["per_channel"] and not t["reduce_range"]), None)
@@ -176,11 +180,11 @@ def _mixed(backend: OnnxBackend, prepared: OnnxPrepared, params: dict, ctx: Cont
           if ref_row is not None and ref_row is not chosen else "")
     kept_txt = f"kept {len(kept)} most sensitive node(s) in float ({', '.join(kept[:4])}" \
                f"{', ...' if len(kept) > 4 else ''})" if kept else "kept no node in float"
-    summary = _quant_summary(src, out)
+    summary = quant_summary(src, out)
     notes = (f"mixed precision ({mode}, {'searched' if keep == 'auto' else 'fixed'}): chose per_channel="
              f"{chosen['per_channel']}, reduce_range={chosen['reduce_range']}, {kept_txt}; relative output "
              f"error on calibration data {chosen['rel_error']:.2%}{vs}; {summary}; {len(trials)} trials; {pre_note}")
-    return _artifact(out, notes, quantized=summary, kept_float=len(kept), calib_rel_error=chosen["rel_error"])
+    return onnx_artifact(out, notes, quantized=summary, kept_float=len(kept), calib_rel_error=chosen["rel_error"])
 
 
 def _fmt(params: dict) -> str:

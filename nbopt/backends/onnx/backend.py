@@ -14,14 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CandidateError, NboptError
-from ..recipes import Recipe
-from .base import Artifact, Backend, Context, hash_arrays, hash_file
-from .onnx_export import _first_line, export_torch, load_user_file, model_files, new_tempdir, save_model
-from .onnx_graph import _normalize, weight_nodes_meta
-from .onnx_quant import _CALIB, _CT, _aliases, _make_reader, _ort_call, _quiet
-from .onnx_runner import GraphInput, OrtRunner, _graph_inputs, _rebatch, _static_batch, map_feeds
-from .onnx_sensitivity import sensitivity_table, weight_nodes
+from ...errors import CandidateError, NboptError, one_line
+from ...quiet import quiet
+from ...recipes import Recipe
+from ..base import Artifact, Backend, Context
+from ..common import hash_arrays, hash_files, hash_torch_module, versions
+from .convert import export_torch, load_user_file, model_files, new_tempdir, save_model
+from .graph import normalize, weight_nodes_meta
+from .quant import CALIBRATION_METHODS, QUANT_TYPES, make_reader, node_aliases, ort_call
+from .runner import GraphInput, OrtRunner, graph_inputs, map_feeds, rebatch, static_batch
+from .sensitivity import sensitivity_table, weight_nodes
 
 SENS_EXAMPLES = 64  # calibration examples used to measure sensitivity and to steer the search
 
@@ -41,13 +43,14 @@ class OnnxPrepared:
         return [i.name for i in self.inputs]
 
 
-def _artifact(path: Path, notes: str, **info) -> Artifact:
+def onnx_artifact(path: Path, notes: str, **info) -> Artifact:
     files = model_files(path)
     return Artifact(path=path, format="onnx", files=files, notes=notes, info=info)
 
 
 class OnnxBackend(Backend):
     name = "onnx"
+    supports_sensitivity = True
 
     # -- protocol -----------------------------------------------------------------------------------
     @classmethod
@@ -69,7 +72,7 @@ class OnnxBackend(Backend):
             try:
                 save_model(model, path)
             except Exception as exc:
-                raise NboptError(f"Cannot save this onnx.ModelProto ({type(exc).__name__}: {_first_line(exc)}); "
+                raise NboptError(f"Cannot save this onnx.ModelProto ({type(exc).__name__}: {one_line(exc, with_type=False)}); "
                                  "if its weights live in external files, pass the .onnx path instead.") from exc
             source, note = "proto", "onnx.ModelProto"
         elif any(c.__module__.startswith("torch.nn") for c in type(model).__mro__):
@@ -83,16 +86,16 @@ class OnnxBackend(Backend):
             raise NboptError(f"The ONNX backend takes a torch.nn.Module, an onnx.ModelProto or a path to an "
                              f".onnx file, not a {type(model).__name__}.")
         try:
-            graph = _graph_inputs(path)
+            graph = graph_inputs(path)
         except Exception as exc:
-            raise NboptError(f"Cannot read the ONNX model's inputs ({_first_line(exc)}).") from exc
+            raise NboptError(f"Cannot read the ONNX model's inputs ({one_line(exc, with_type=False)}).") from exc
         prepared = OnnxPrepared(dir=workdir, path=path, inputs=graph, source=source, note=note)
         # Check the model loads in onnxruntime and that the data's names fit, now, with one sentence.
         try:
             runner = OrtRunner(path, threads=1)
         except CandidateError as exc:
             # an old opset onnxruntime no longer implements: try the same graph upgraded
-            upgraded, how = _normalize(path, workdir / "upgraded" / "model.onnx", force=True)
+            upgraded, how = normalize(path, workdir / "upgraded" / "model.onnx", force=True)
             try:
                 runner = OrtRunner(upgraded, threads=1) if how else None
             except CandidateError:
@@ -108,19 +111,15 @@ class OnnxBackend(Backend):
                 raise
             except Exception as exc:  # noqa: BLE001
                 raise NboptError(f"onnxruntime could not run this model on the given data "
-                                 f"({type(exc).__name__}: {_first_line(exc)[:300]}).") from exc
+                                 f"({type(exc).__name__}: {one_line(exc, 300, with_type=False)}).") from exc
         return prepared
 
     def fingerprint(self, model: Any) -> str:
         if isinstance(model, (str, Path)):
-            files = model_files(Path(model))
-            return hash_arrays([], "onnx-file:" + ":".join(hash_file(f) for f in files))
+            return hash_files(model_files(Path(model)), "onnx-file")
         if type(model).__name__ == "ModelProto":
             return hash_arrays([np.frombuffer(model.SerializeToString(deterministic=True), np.uint8)], "onnx-proto")
-        state = model.state_dict()
-        arrays = [v.detach().cpu().float().numpy() if v.is_floating_point() else v.detach().cpu().numpy()
-                  for v in state.values()]
-        return hash_arrays(arrays, "torch:" + repr(model) + ":" + ",".join(state))
+        return hash_torch_module(model, "onnx<-torch")
 
     def baseline(self, prepared: OnnxPrepared, ctx: Context) -> Artifact:
         ctx.workdir.mkdir(parents=True, exist_ok=True)
@@ -129,7 +128,7 @@ class OnnxBackend(Backend):
             target = ctx.workdir / f.relative_to(prepared.path.parent)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(f, target)
-        return _artifact(out, f"fp32, {prepared.note}")
+        return onnx_artifact(out, f"fp32, {prepared.note}")
 
     def warm_imports(self) -> None:
         import onnxruntime  # noqa: F401  (the memory probe subtracts the runtime itself)
@@ -148,17 +147,7 @@ class OnnxBackend(Backend):
         return [self.validate(r) for r in recipes]
 
     def versions(self) -> dict[str, str]:
-        import onnx
-        import onnxruntime
-
-        out = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
-        try:
-            import torch
-
-            out["torch"] = torch.__version__
-        except ImportError:
-            pass
-        return out
+        return versions("onnx", "onnxruntime", "onnxscript", "torch")
 
     # -- shared pieces --------------------------------------------------------------------------------
     def preprocessed(self, prepared: OnnxPrepared) -> tuple[Path, str]:
@@ -168,21 +157,21 @@ class OnnxBackend(Backend):
 
             out = prepared.dir / "pre" / "model.onnx"
             out.parent.mkdir(exist_ok=True)
-            src, how = _normalize(prepared.path, prepared.dir / "norm" / "model.onnx")
+            src, how = normalize(prepared.path, prepared.dir / "norm" / "model.onnx")
             note, reasons = "", []
             attempts = [("", {}), (" without symbolic shape inference", {"skip_symbolic_shape": True}),
                         (" without graph optimization", {"skip_symbolic_shape": True, "skip_optimization": True})]
             big = sum(f.stat().st_size for f in model_files(prepared.path)) > 1_800_000_000
             for label, kw in attempts:
                 try:
-                    with _quiet():
+                    with quiet():
                         quant_pre_process(str(src), str(out), save_as_external_data=big,
                                           all_tensors_to_one_file=True, **kw)
                     OrtRunner(out, threads=1)
                     note = "quant_pre_process" + label + (f" ({reasons[-1]})" if reasons else "")
                     break
                 except Exception as exc:  # noqa: BLE001
-                    reasons.append(f"{type(exc).__name__}: {_first_line(exc)[:120]}")
+                    reasons.append(f"{type(exc).__name__}: {one_line(exc, 120, with_type=False)}")
             else:
                 out = src
                 note = f"quantized without quant_pre_process (it failed: {reasons[0]})"
@@ -191,7 +180,7 @@ class OnnxBackend(Backend):
 
     def calib_feeds(self, prepared: OnnxPrepared, calib, limit: int | None = None,
                     batch_size: int = 16) -> list[dict[str, np.ndarray]]:
-        static = _static_batch(prepared.inputs)
+        static = static_batch(prepared.inputs)
         feeds, seen = [], 0
         for inputs, _ in calib.batches(batch_size=static or batch_size):
             f = map_feeds(inputs, prepared.inputs)
@@ -201,7 +190,7 @@ class OnnxBackend(Backend):
                 n = limit - seen
             if n <= 0:
                 break
-            feeds.extend(p for p, _ in _rebatch(f, static))
+            feeds.extend(p for p, _ in rebatch(f, static))
             seen += n
             if limit is not None and seen >= limit:
                 break
@@ -214,43 +203,43 @@ class OnnxBackend(Backend):
             feeds = [{k: v[i:i + size] for k, v in whole.items()} for i in range(0, seen, size)]
         return feeds
 
-    def _outputs(self, path: Path, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
+    def outputs(self, path: Path, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
         runner = OrtRunner(path)
         return np.concatenate([runner.session.run([runner.output_name], f)[0] for f in feeds])
 
-    def _reference(self, prepared: OnnxPrepared, calib) -> tuple[list, np.ndarray]:
+    def reference_outputs(self, prepared: OnnxPrepared, calib) -> tuple[list, np.ndarray]:
         key = ("ref", getattr(calib, "fingerprint", id(calib)))
         if key not in prepared._cache:
             feeds = self.calib_feeds(prepared, calib, limit=SENS_EXAMPLES)
-            prepared._cache[key] = (feeds, self._outputs(self.preprocessed(prepared)[0], feeds))
+            prepared._cache[key] = (feeds, self.outputs(self.preprocessed(prepared)[0], feeds))
         return prepared._cache[key]
 
-    def _dynamic(self, src: Path, dst: Path, per_channel=False, reduce_range=False, weight_type="int8",
+    def quantize_dynamic(self, src: Path, dst: Path, per_channel=False, reduce_range=False, weight_type="int8",
                  exclude=None, only=None):
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        _ort_call("onnxruntime.quantization.quantize_dynamic", quantize_dynamic, str(src), str(dst),
+        ort_call("onnxruntime.quantization.quantize_dynamic", quantize_dynamic, str(src), str(dst),
                   per_channel=per_channel, reduce_range=reduce_range,
-                  weight_type=getattr(QuantType, _CT[weight_type]), nodes_to_exclude=_aliases(exclude),
-                  nodes_to_quantize=_aliases(only), extra_options={"MatMulConstBOnly": True})
+                  weight_type=getattr(QuantType, QUANT_TYPES[weight_type]), nodes_to_exclude=node_aliases(exclude),
+                  nodes_to_quantize=node_aliases(only), extra_options={"MatMulConstBOnly": True})
 
-    def _static(self, prepared, src: Path, dst: Path, calib, calibration="minmax", per_channel=True,
-                activation_type="uint8", reduce_range=False, op_types="weights", exclude=None, only=None):
+    def quantize_static(self, prepared, src: Path, dst: Path, calib, calibration="minmax", per_channel=True,
+                activations="uint8", reduce_range=False, op_types="weights", exclude=None, only=None):
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         cache = prepared.dir / f"calib_{calibration}_{op_types}_{getattr(calib, 'fingerprint', id(calib))}.json"
         reader = None
         if not cache.exists():
-            reader = _make_reader(self.calib_feeds(prepared, calib))
+            reader = make_reader(self.calib_feeds(prepared, calib))
         kinds = ["Conv", "MatMul", "Gemm", "ConvTranspose"] if op_types == "weights" else None
         extra = {"MatMulConstBOnly": op_types == "weights"}
         if calibration == "percentile":
             extra["CalibPercentile"] = 99.99
-        _ort_call("onnxruntime.quantization.quantize_static", quantize_static, str(src), str(dst), reader,
+        ort_call("onnxruntime.quantization.quantize_static", quantize_static, str(src), str(dst), reader,
                   quant_format=QuantFormat.QDQ, op_types_to_quantize=kinds, per_channel=per_channel,
-                  reduce_range=reduce_range, activation_type=getattr(QuantType, _CT[activation_type]),
-                  weight_type=QuantType.QInt8, nodes_to_exclude=_aliases(exclude), nodes_to_quantize=_aliases(only),
-                  calibrate_method=getattr(CalibrationMethod, _CALIB[calibration]), extra_options=extra,
+                  reduce_range=reduce_range, activation_type=getattr(QuantType, QUANT_TYPES[activations]),
+                  weight_type=QuantType.QInt8, nodes_to_exclude=node_aliases(exclude), nodes_to_quantize=node_aliases(only),
+                  calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[calibration]), extra_options=extra,
                   calibration_cache_path=str(cache))
 
     # -- sensitivity ----------------------------------------------------------------------------------
@@ -277,7 +266,7 @@ class OnnxBackend(Backend):
         if key in prepared._cache:
             return prepared._cache[key].copy()
         src, _ = self.preprocessed(prepared)
-        feeds, ref = self._reference(prepared, calib)
+        feeds, ref = self.reference_outputs(prepared, calib)
         proto = onnx.load(str(src), load_external_data=False)
         nodes = weight_nodes(proto)
         if mode == "static":
@@ -286,12 +275,12 @@ class OnnxBackend(Backend):
         work.mkdir(exist_ok=True)
         if mode == "dynamic":
             def one(node, path):
-                self._dynamic(src, path, only=[node])
+                self.quantize_dynamic(src, path, only=[node])
         else:
             def one(node, path):
-                self._static(prepared, src, path, calib, only=[node])
-        with _quiet():
-            df = sensitivity_table(nodes, one, lambda p: self._outputs(p, feeds), ref, work)
+                self.quantize_static(prepared, src, path, calib, only=[node])
+        with quiet():
+            df = sensitivity_table(nodes, one, lambda p: self.outputs(p, feeds), ref, work)
         prepared._cache[key] = df
         return df.copy()
 
@@ -299,5 +288,3 @@ class OnnxBackend(Backend):
 def _sens_key(mode: str, calib) -> tuple:
     return ("sens", mode, getattr(calib, "fingerprint", id(calib)))
 
-
-from . import onnx_recipes  # noqa: E402,F401  (registers the recipe handlers)

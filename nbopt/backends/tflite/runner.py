@@ -5,7 +5,6 @@ TensorFlow and ai_edge_litert are imported inside functions only.
 """
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import re
 from dataclasses import dataclass
@@ -13,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CandidateError, NboptError
+from ...errors import CandidateError, NboptError, one_line
+from ..common import default_threads, versions
 
 
 # --------------------------------------------------------------------------------------------------
 # lazy imports
 # --------------------------------------------------------------------------------------------------
-def _tf():
+def import_tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ INFO lines out
     import tensorflow as tf
 
@@ -31,27 +31,10 @@ def interpreter_class():
     try:
         from ai_edge_litert.interpreter import Interpreter
 
-        return Interpreter, f"ai-edge-litert {_version('ai-edge-litert')}"
+        return Interpreter, f"ai-edge-litert {versions('ai-edge-litert').get('ai_edge_litert')}"
     except ImportError:
-        tf = _tf()
+        tf = import_tf()
         return tf.lite.Interpreter, f"tf.lite.Interpreter (TensorFlow {tf.__version__})"
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def default_threads() -> int:
-    env = os.environ.get("NBOPT_THREADS")
-    return int(env) if env else (os.cpu_count() or 1)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # --------------------------------------------------------------------------------------------------
@@ -96,7 +79,7 @@ def _natural(name: str) -> list:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
-def _clean(name: str) -> str:
+def clean_name(name: str) -> str:
     name = name.split(":")[0]
     return name[len("serving_default_"):] if name.startswith("serving_default_") else name
 
@@ -107,7 +90,7 @@ def map_inputs(inputs: dict[str, np.ndarray], specs: list[TensorSpec]) -> list[t
         return [(specs[0], next(iter(inputs.values())))]
     pairs, missing = [], []
     for s in specs:
-        key = s.name if s.name in inputs else _clean(s.name) if _clean(s.name) in inputs else None
+        key = s.name if s.name in inputs else clean_name(s.name) if clean_name(s.name) in inputs else None
         if key is None:
             missing.append(s.name)
         else:
@@ -157,7 +140,7 @@ class TFLiteRunner:
             raise
         except Exception as exc:  # noqa: BLE001
             raise CandidateError(f"The LiteRT interpreter cannot load this model "
-                                 f"({type(exc).__name__}: {_first_line(exc)[:300]}).") from exc
+                                 f"({type(exc).__name__}: {one_line(exc, 300, with_type=False)}).") from exc
         dynamic = all(len(s.shape) > 0 and s.shape[0] == -1 for s in self.inputs)
         self.max_batch = None if dynamic else 1
         self._shapes = {s.index: None for s in self.inputs}

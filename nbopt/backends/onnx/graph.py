@@ -1,4 +1,4 @@
-"""ONNX graph inspection and rewrites: weight nodes, what a quantizer did, old-opset upgrades,
+"""ONNX graph inspection and rewrites: weight nodes, old-opset upgrades,
 Gemm -> MatMul for MatMulNBits, external-data locations after a rename.
 
 onnx is imported inside functions only.
@@ -9,25 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .onnx_export import _first_line, model_files, save_model
-from .onnx_quant import _quiet
-
-
-def _quant_summary(float_path: Path, q_path: Path) -> str:
-    """'quantized 16/17 MatMul, 1/1 Gemm' from the weight nodes of the float model and the output graph."""
-    import onnx
-
-    fm = onnx.load(str(float_path), load_external_data=False)
-    qm = onnx.load(str(q_path), load_external_data=False)
-    cands = weight_nodes_meta(fm)
-    q_inits = [t.name for t in qm.graph.initializer]
-    counts: dict[str, list[int]] = {}
-    for name, op, idx, weight in cands:
-        done = any(t.startswith(weight) and t != weight and ("quantized" in t or "_Q" in t) for t in q_inits)
-        c = counts.setdefault(op, [0, 0])
-        c[0] += int(done)
-        c[1] += 1
-    return ", ".join(f"{d}/{t} {op}" for op, (d, t) in counts.items())
+from ...errors import one_line
+from ...quiet import quiet
+from .convert import model_files, save_model
 
 
 def weight_nodes_meta(model) -> list[tuple[str, str, int, str]]:
@@ -42,7 +26,7 @@ def weight_nodes_meta(model) -> list[tuple[str, str, int, str]]:
     return out
 
 
-def _normalize(path: Path, out: Path, opset: int = 13, force: bool = False) -> tuple[Path, str]:
+def normalize(path: Path, out: Path, opset: int = 13, force: bool = False) -> tuple[Path, str]:
     """Old-style models: drop initializers from the graph inputs (IR < 4) and upgrade opsets below
     ``opset`` with onnx.version_converter, which onnxruntime.quantization needs (QDQ per-channel: 13).
     Returns (path, what was done); (path, "") when nothing needed doing or the upgrade failed."""
@@ -54,11 +38,11 @@ def _normalize(path: Path, out: Path, opset: int = 13, force: bool = False) -> t
     old = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
     if old < opset:
         try:
-            with _quiet():
+            with quiet():
                 proto = version_converter.convert_version(proto, opset)
             done.append(f"upgraded opset {old} to {opset} with onnx.version_converter")
         except Exception as exc:  # noqa: BLE001
-            done.append(f"kept opset {old} (onnx.version_converter failed: {_first_line(exc)[:80]})")
+            done.append(f"kept opset {old} (onnx.version_converter failed: {one_line(exc, 80, with_type=False)})")
     inits = {t.name for t in proto.graph.initializer}
     real = [i for i in proto.graph.input if i.name not in inits]
     if len(real) != len(proto.graph.input):
@@ -76,7 +60,7 @@ def _normalize(path: Path, out: Path, opset: int = 13, force: bool = False) -> t
     return out, ", ".join(done)
 
 
-def _fix_external_location(path: Path, old_name: str) -> None:
+def fix_external_location(path: Path, old_name: str) -> None:
     """After renaming a model with external data, point its tensors at the renamed data file."""
     import onnx
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
@@ -93,7 +77,7 @@ def _fix_external_location(path: Path, old_name: str) -> None:
         onnx.save_model(proto, str(path))
 
 
-def _gemm_to_matmul(model) -> int:
+def gemm_to_matmul(model) -> int:
     """Rewrite Gemm(A, const B, C) with alpha=beta=1, transA=0 as MatMul(A, B') + Add(C), in place,
     so that MatMulNBits can take Linear layers exported as Gemm. Returns how many were rewritten."""
     from onnx import helper, numpy_helper

@@ -4,15 +4,15 @@ onnx and onnxruntime are imported inside functions only.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import CandidateError, NboptError
-from .onnx_export import ORT_TO_NUMPY, _first_line
+from ...errors import CandidateError, NboptError, one_line
+from ..common import default_threads
+from .convert import ORT_TO_NUMPY
 
 
 # --------------------------------------------------------------------------------------------------
@@ -25,7 +25,7 @@ class GraphInput:
     shape: tuple  # ints or None (dynamic)
 
 
-def _graph_inputs(path: Path) -> list[GraphInput]:
+def graph_inputs(path: Path) -> list[GraphInput]:
     """The real inputs of the graph (initializers listed as inputs by old opsets are left out)."""
     import onnx
 
@@ -62,14 +62,14 @@ def map_feeds(inputs: dict[str, np.ndarray], graph: list[GraphInput]) -> dict[st
     return feeds
 
 
-def _static_batch(graph: list[GraphInput]) -> int | None:
+def static_batch(graph: list[GraphInput]) -> int | None:
     sizes = {g.shape[0] for g in graph if g.shape}
     if not sizes or None in sizes or len(sizes) != 1:
         return None
     return sizes.pop()
 
 
-def _rebatch(feeds: dict[str, np.ndarray], batch: int | None) -> list[tuple[dict[str, np.ndarray], int]]:
+def rebatch(feeds: dict[str, np.ndarray], batch: int | None) -> list[tuple[dict[str, np.ndarray], int]]:
     """Split / pad a feed so every piece has the model's static batch size; (piece, real rows)."""
     n = len(next(iter(feeds.values())))
     if batch is None or n == batch:
@@ -87,11 +87,6 @@ def _rebatch(feeds: dict[str, np.ndarray], batch: int | None) -> list[tuple[dict
 # --------------------------------------------------------------------------------------------------
 # runner
 # --------------------------------------------------------------------------------------------------
-def default_threads() -> int:
-    env = os.environ.get("NBOPT_THREADS")
-    return int(env) if env else (os.cpu_count() or 1)
-
-
 class OrtRunner:
     """Runs an .onnx file in onnxruntime.InferenceSession (CPU); returns the first output."""
 
@@ -107,17 +102,17 @@ class OrtRunner:
             self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise CandidateError(f"onnxruntime cannot load this model ({type(exc).__name__}: "
-                                 f"{_first_line(exc)[:300]}).") from exc
+                                 f"{one_line(exc, 300, with_type=False)}).") from exc
         self.graph = [GraphInput(i.name, np.dtype(ORT_TO_NUMPY.get(i.type, np.float32)),
                                  tuple(d if isinstance(d, int) else None for d in (i.shape or ())))
                       for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
-        self.static_batch = _static_batch(self.graph)
+        self.static_batch = static_batch(self.graph)
         self.max_batch = self.static_batch
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         feeds = map_feeds(inputs, self.graph)
         outs = []
-        for piece, real in _rebatch(feeds, self.static_batch):
+        for piece, real in rebatch(feeds, self.static_batch):
             outs.append(self.session.run([self.output_name], piece)[0][:real])
         return outs[0] if len(outs) == 1 else np.concatenate(outs)

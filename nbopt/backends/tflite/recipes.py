@@ -1,17 +1,17 @@
 """The TFLite backend's recipe handlers (registered on TFLiteBackend by their decorators) and pruning.
 
-Imported at the end of ``tflite_backend``; TensorFlow and Keras are imported inside the handlers only.
+Imported by the package's ``__init__``; TensorFlow and Keras are imported inside the handlers only.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..errors import CandidateError
-from .base import Artifact, Context, Param
-from .tflite_artifacts import make_artifact
-from .tflite_backend import TFLiteBackend, TFLitePrepared
-from .tflite_convert import _convert, _keras_converter, _quiet
-from .tflite_runner import _tf
+from ...errors import CandidateError
+from ...quiet import quiet
+from ..base import Artifact, Context, Param
+from .backend import TFLiteBackend, TFLitePrepared
+from .convert import convert, keras_converter, make_artifact
+from .runner import import_tf
 
 PRUNABLE = ("kernel", "depthwise_kernel", "pointwise_kernel")
 
@@ -22,36 +22,36 @@ def _fmt(params: dict) -> str:
 
 @TFLiteBackend.recipe("fp16")
 def _fp16(backend: TFLiteBackend, prepared: TFLitePrepared, params: dict, ctx: Context) -> Artifact:
-    tf = _tf()
+    tf = import_tf()
     conv = backend.converter(prepared, "fp16")
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.target_spec.supported_types = [tf.float16]
-    data = _convert(conv, "fp16")
+    data = convert(conv, "fp16")
     return make_artifact(data, ctx, "fp16", "fp16 weights (dequantized to fp32 at load on CPU; GPU runs "
                          "fp16), TFLite converter")
 
 
-@TFLiteBackend.recipe("int8-dynamic")
+# The converter picks per-channel scales for convolution kernels itself in dynamic-range mode.
+@TFLiteBackend.recipe("int8-dynamic", honours={"per_channel": (True,)})
 def _int8_dynamic(backend: TFLiteBackend, prepared: TFLitePrepared, params: dict, ctx: Context) -> Artifact:
-    tf = _tf()
+    tf = import_tf()
     conv = backend.converter(prepared, "int8-dynamic")
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    data = _convert(conv, "int8-dynamic")
+    data = convert(conv, "int8-dynamic")
     return make_artifact(data, ctx, "int8_dynamic", "dynamic range: int8 weights, float activations "
                          "(quantized on the fly), TFLite converter")
 
 
+# The converter calibrates with min/max ranges only.
 @TFLiteBackend.recipe(
-    "int8-static", needs_calib=True,
+    "int8-static", honours={"calibration": ("minmax",), "activations": ("int8", "int16")},
     io=Param("float", choices=("float", "int8"),
              help="float: float model inputs/outputs; int8: integer I/O (int16 with int16 activations)"),
-    activations=Param("int8", choices=("int8", "int16"), help="int16: 16x8 quantization (int8 weights)"),
-    per_channel=Param(True, choices=(True, False), help="per-channel weight scales"),
 )
 def _int8_static(backend: TFLiteBackend, prepared: TFLitePrepared, params: dict, ctx: Context) -> Artifact:
-    tf = _tf()
+    tf = import_tf()
     conv = backend.converter(prepared, "int8-static")
-    calib = ctx.require_calib("int8-static")
+    calib = ctx.calib
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.representative_dataset = backend.representative(prepared, calib)
     int16 = params["activations"] == "int16"
@@ -65,7 +65,7 @@ def _int8_static(backend: TFLiteBackend, prepared: TFLitePrepared, params: dict,
         io_type = "int16" if int16 else "int8"
     if not params["per_channel"]:
         conv._experimental_disable_per_channel = True
-    data = _convert(conv, f"int8-static ({_fmt(params)})")
+    data = convert(conv, f"int8-static ({_fmt(params)})")
     stem = f"int8_static_{params['activations']}_{params['io']}" + ("" if params["per_channel"] else "_pt")
     acts = "int16 activations / int8 weights" if int16 else "int8 activations and weights"
     scales = "per-channel" if params["per_channel"] else "per-tensor"
@@ -74,8 +74,7 @@ def _int8_static(backend: TFLiteBackend, prepared: TFLitePrepared, params: dict,
                          "TFLite converter")
 
 
-@TFLiteBackend.recipe("prune-unstructured",
-                      amount=Param(0.5, low=0.0, high=0.99, help="fraction of each kernel zeroed"))
+@TFLiteBackend.recipe("prune-unstructured")
 def _prune(backend: TFLiteBackend, prepared: TFLitePrepared, params: dict, ctx: Context) -> Artifact:
     if prepared.kind != "keras":
         raise CandidateError("prune-unstructured on TFLite needs a Keras model (its weights are pruned before "
@@ -83,7 +82,7 @@ def _prune(backend: TFLiteBackend, prepared: TFLitePrepared, params: dict, ctx: 
     amount = float(params["amount"])
     model = prepared.source
     try:
-        with _quiet():
+        with quiet():
             import keras
 
             target = keras.models.clone_model(model)
@@ -93,7 +92,7 @@ def _prune(backend: TFLiteBackend, prepared: TFLitePrepared, params: dict, ctx: 
         target, how, saved = model, "the model itself, restored afterwards", model.get_weights()
     try:
         zeroed, total = _magnitude_prune(target, amount)
-        data = _convert(_keras_converter(target), f"prune-unstructured (amount={amount})")
+        data = convert(keras_converter(target), f"prune-unstructured (amount={amount})")
     finally:
         if saved is not None:
             model.set_weights(saved)

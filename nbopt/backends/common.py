@@ -1,0 +1,61 @@
+"""Small helpers every backend uses: thread count, library versions, hashing weights and files."""
+from __future__ import annotations
+
+import hashlib
+import os
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+
+def default_threads() -> int:
+    """Threads a runtime uses for one inference (``NBOPT_THREADS`` overrides the core count)."""
+    env = os.environ.get("NBOPT_THREADS")
+    return int(env) if env else (os.cpu_count() or 1)
+
+
+def versions(*dists: str) -> dict[str, str]:
+    """Installed versions of the given distributions (missing ones are left out)."""
+    out = {}
+    for dist in dists:
+        try:
+            out[dist.replace("-", "_")] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def hash_arrays(arrays: Iterable[np.ndarray], extra: str = "") -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(extra.encode())
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.dtype, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def hash_file(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_files(paths: Iterable[Path], tag: str) -> str:
+    return hash_arrays([], tag + ":" + ":".join(hash_file(Path(p)) for p in paths))
+
+
+def hash_torch_module(model: Any, tag: str) -> str:
+    """A torch module's weights and structure (float tensors hashed as float32)."""
+    state = model.state_dict()
+    arrays = []
+    for key in sorted(state):
+        t = state[key]
+        if hasattr(t, "detach"):
+            t = t.detach().cpu()
+            arrays.append(t.float().numpy() if t.dtype.is_floating_point else t.numpy())
+    return hash_arrays(arrays, extra=f"{tag}:{model!r}|" + ",".join(sorted(state)))

@@ -1,0 +1,10 @@
+"""The TFLite backend: Keras models, SavedModels and .tflite files through the TFLite converter, run in
+the LiteRT interpreter.
+
+``backend`` holds the backend class, ``recipes`` its recipe handlers, ``runner`` the interpreter,
+``convert`` the converter calls, ``reports`` the weight types and the delegate report.
+"""
+from .backend import TFLiteBackend
+from . import recipes  # noqa: E402,F401  (registers the recipe handlers)
+
+__all__ = ["TFLiteBackend"]

@@ -1,0 +1,152 @@
+"""Torch backend recipes: one registered handler per recipe name."""
+from __future__ import annotations
+
+import copy
+import zlib
+from pathlib import Path
+
+from ...errors import CandidateError, library_failure
+from ..base import Artifact, Context, Param
+from .backend import TorchBackend, TorchPrepared, build
+from .prune import count_params, finetune, structured, unstructured
+from .quant import (int4_config, int8_dynamic_config, int8_weight_only_config, linear_divisible_by, pt2e_static,
+                    torchao_quantize)
+from .reports import describe, layer_counts
+from .runner import PT2, first_output, import_torch
+
+
+@TorchBackend.recipe("fp16")
+def _fp16(backend: TorchBackend, prepared: TorchPrepared, params: dict, ctx: Context) -> Artifact:
+    torch = import_torch()
+
+    class Half(torch.nn.Module):
+        """fp16 weights and activations inside; fp32 in and out, as the app feeds it."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner.half()
+
+        def forward(self, *args):
+            args = [a.half() if a.is_floating_point() else a for a in args]
+            out = first_output(self.inner(*args))
+            return out.float() if out.is_floating_point() else out
+
+    module = Half(copy.deepcopy(prepared.module))
+    art = build(module, prepared, ctx, notes=["fp16 weights and activations (fp32 inputs/outputs cast "
+                                                "inside the program)"],
+                 info={"quantized": "fp16 (all float weights)"})
+    if art.format == PT2:
+        art.notes += "; XNNPACK could not run fp16 on this CPU, so the .pt2 runs fp16 on eager torch CPU kernels"
+    return art
+
+
+def _torchao_linear(prepared: TorchPrepared, ctx: Context, config, recipe: str, how: str, hint: str = "") -> Artifact:
+    """A torchao ``quantize_`` recipe: it touches nn.Linear only, and the row says so."""
+    total = layer_counts(prepared.module)
+    module, q = torchao_quantize(prepared.module, config)
+    if not q:
+        raise CandidateError(f"{recipe} found no nn.Linear layer to quantize (torchao quantizes Linear layers "
+                             f"only){hint}.")
+    what = describe(q, total, "int8")
+    return build(module, prepared, ctx, info={"quantized": what}, notes=[f"{how}: {what}"])
+
+
+@TorchBackend.recipe("int8-dynamic", honours={"per_channel": (True,)})
+def _int8_dynamic(backend, prepared: TorchPrepared, params: dict, ctx: Context) -> Artifact:
+    return _torchao_linear(prepared, ctx, int8_dynamic_config(), "int8-dynamic",
+                           "torchao Int8DynamicActivationIntxWeightConfig (int8 per-channel weights, activations "
+                           "quantized at run time)", "; try int8-static, which covers convolutions")
+
+
+@TorchBackend.recipe("int8-weight-only", honours={"group_size": (None,)})
+def _int8_weight_only(backend, prepared: TorchPrepared, params: dict, ctx: Context) -> Artifact:
+    return _torchao_linear(prepared, ctx, int8_weight_only_config(), "int8-weight-only",
+                           "torchao Int8WeightOnlyConfig (int8 weights, fp32 compute)")
+
+
+# activations=int8 runs XNNPACK's qd8-qb4w kernels as a .pte; float falls back to a .pt2 (see below)
+@TorchBackend.recipe("int4-weight-only")
+def _int4_weight_only(backend, prepared: TorchPrepared, params: dict, ctx: Context) -> Artifact:
+    total = layer_counts(prepared.module)
+    group = int(params["group_size"])
+    config = int4_config(group, params["activations"])
+    module, q = torchao_quantize(prepared.module, config, filter_fn=linear_divisible_by(group))
+    if not q:
+        raise CandidateError(f"int4-weight-only found no nn.Linear layer whose input size is a multiple of "
+                             f"group_size={group}; try a smaller group_size.")
+    what = describe(q, total, "int4")
+    skipped = sum(1 for _, m in _linears(prepared.module)) - q.get("Linear", 0)
+    name = "IntxWeightOnlyConfig" if params["activations"] == "float" else "Int8DynamicActivationIntxWeightConfig"
+    notes = [f"torchao {name}(int4, group {group}): {what}"]
+    if skipped:
+        notes.append(f"{skipped} Linear layer(s) skipped: input size not a multiple of {group}")
+    art = build(module, prepared, ctx, info={"quantized": what}, notes=notes)
+    if art.format == PT2:
+        art.notes += ("; the .pt2 stores each int4 value in one byte (torchao's unpacked layout), so the "
+                      "size is about that of int8; activations=int8 gives a packed 4-bit XNNPACK .pte")
+    return art
+
+
+def _linears(model):
+    torch = import_torch()
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+
+
+@TorchBackend.recipe("int8-static", honours={"calibration": ("minmax", "histogram", "entropy"),
+                                             "activations": ("int8",)})
+def _int8_static(backend, prepared: TorchPrepared, params: dict, ctx: Context) -> Artifact:
+    calib = ctx.calib
+    total = layer_counts(prepared.module)
+    with library_failure("PT2E quantization (XNNPACKQuantizer)"):
+        module, stats = pt2e_static(prepared.module, prepared.args, calib, prepared.input_names,
+                                          bool(params["per_channel"]), params["calibration"])
+    what = describe(stats["quantized"], total, "int8")
+    scheme = "per-channel" if params["per_channel"] else "per-tensor"
+    notes = [f"PT2E, XNNPACKQuantizer (int8 {scheme} weights, int8 activations, {params['calibration']} "
+             f"observers, calibrated on {stats['calibrated_on']} calibration examples): {what}"]
+    art = build(module, prepared, ctx, info={"quantized": what, "quantizer": "XNNPACKQuantizer"}, notes=notes)
+    if art.format == PT2:
+        art.notes += ("; the .pt2 keeps fp32 weights beside quantize/dequantize nodes (simulated int8), so it "
+                      "is not smaller than fp32")
+    return art
+
+
+@TorchBackend.recipe("prune-unstructured")
+def _prune_unstructured(backend, prepared: TorchPrepared, params: dict, ctx: Context) -> Artifact:
+    module, sparsity, n = unstructured(prepared.module, params["amount"])
+    art = build(module, prepared, ctx, notes=[], info={"quantized": "none (fp32)", "sparsity": round(sparsity, 4)})
+    compressed = len(zlib.compress(Path(art.path).read_bytes(), 9))
+    art.info["size_compressed_bytes"] = compressed
+    art.notes += (f"; global L1 pruning zeroed {sparsity:.0%} of the weights of {n} Conv/Linear layers; "
+                  f"size is the dense file, size_compressed_bytes is the file zlib-compressed "
+                  f"({compressed} bytes); dense kernels run zeros at full cost, so no speed gain")
+    return art
+
+
+@TorchBackend.recipe("prune-structured",
+                     finetune_epochs=Param(5, low=0, high=100,
+                                           help="epochs of fine-tuning on the calibration data (needs labels)"))
+def _prune_structured(backend, prepared: TorchPrepared, params: dict, ctx: Context) -> Artifact:
+    before = count_params(prepared.module)
+    with library_failure("Torch-Pruning on this model"):
+        module = structured(prepared.module, prepared.args, params["amount"])
+    after = count_params(module)
+    notes = [f"Torch-Pruning MetaPruner, L1 magnitude, {params['amount']:.0%} of channels removed (last layer "
+             f"kept): {before} -> {after} parameters ({_ratio(after, before)})"]
+    epochs = int(params["finetune_epochs"])
+    if epochs == 0:
+        notes.append("not fine-tuned (finetune_epochs=0)")
+    elif ctx.calib is None:
+        notes.append("not fine-tuned: no calibration data")
+    elif not ctx.calib.has_labels:
+        notes.append("not fine-tuned: the calibration data has no labels")
+    else:
+        with library_failure("Fine-tuning the pruned model"):
+            seen = finetune(module, ctx.calib, prepared.input_names, epochs, ctx.seed)
+        notes.append(f"fine-tuned {epochs} epochs on {seen} calibration examples")
+    return build(module, prepared, ctx, notes=notes,
+                  info={"quantized": "none (fp32)", "params_before": before, "params_after": after})
+
+
+def _ratio(a: int, b: int) -> str:
+    return f"{a / max(b, 1):.0%}"

@@ -1,0 +1,146 @@
+"""A fake in-memory backend for the fast test tier: a numpy linear classifier stored as an ``.npz`` file.
+
+It implements the whole backend protocol (``nbopt.backends.base``) with numpy only, so the study, the store,
+the Pareto front, the report, the magic and the panel run in milliseconds. Its recipes really change the
+file (fp16 halves the weights, int8 quarters them, pruning zeroes them), so sizes, ratios and accuracy
+drops are true measurements of the fake artifacts. Registered in ``conftest.py`` as backend ``"fake"``.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from nbopt.backends.base import Artifact, Backend, Context
+from nbopt.backends.common import hash_arrays
+from nbopt.errors import NboptError
+from nbopt.recipes import Recipe
+
+
+@dataclass(eq=False)
+class FakeModel:
+    """logits = x.reshape(n, -1) @ weights + bias; ``weights`` is (features, classes)."""
+
+    weights: np.ndarray
+    bias: np.ndarray
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, np.float32).reshape(len(x), -1) @ self.weights + self.bias
+
+
+class FakeRunner:
+    """Loads the .npz (no pickle) and runs it with numpy; int8 weights are dequantized, int8-static inputs
+    are clipped to the calibrated range and rounded to 256 levels in it."""
+
+    threads = 1
+    max_batch = None
+
+    def __init__(self, path):
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        self.w = arrays["weights"].astype(np.float32) * arrays.get("scale", np.float32(1.0))
+        self.b = arrays["bias"].astype(np.float32)
+        self.range = arrays.get("input_range")  # (lo, hi) from the calibration data, or None
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        (x,) = inputs.values()
+        x = np.asarray(x, np.float32).reshape(len(x), -1)
+        if self.range is not None:
+            lo, hi = (float(v) for v in self.range)
+            step = (hi - lo) / 255 or 1.0
+            x = lo + np.round((np.clip(x, lo, hi) - lo) / step) * step
+        return x @ self.w + self.b
+
+
+class FakeBackend(Backend):
+    name = "fake"
+
+    @classmethod
+    def accepts(cls, model: Any) -> bool:
+        return isinstance(model, FakeModel)
+
+    def prepare(self, model: FakeModel, example: Any) -> FakeModel:
+        if not example.single_input:
+            raise NboptError(f"The fake model takes one input array, but the eval data has inputs {example.input_names}.")
+        shape = next(iter(example.example(1).values())).shape[1:]
+        if int(np.prod(shape)) != model.weights.shape[0]:
+            raise NboptError(f"The fake model takes {model.weights.shape[0]} input values per example, but the eval "
+                             f"data's input has shape {tuple(shape)}: give inputs of that size.")
+        return FakeModel(model.weights.astype(np.float32).copy(), model.bias.astype(np.float32).copy())
+
+    def fingerprint(self, model: FakeModel) -> str:
+        return hash_arrays([model.weights, model.bias], "fake")
+
+    def baseline(self, prepared: FakeModel, ctx: Context) -> Artifact:
+        return _save(ctx, "model.npz", "float32 weights", weights=prepared.weights, bias=prepared.bias)
+
+    def load(self, artifact: Artifact) -> FakeRunner:
+        return FakeRunner(artifact.path)
+
+    def default_recipes(self, prepared: FakeModel) -> list[Recipe]:
+        return [Recipe("fp16"), Recipe("int8-dynamic"), Recipe("int8-static"), Recipe("prune-unstructured")]
+
+    def versions(self) -> dict[str, str]:
+        return {"fake": "1"}
+
+
+def _save(ctx: Context, filename: str, notes: str, info: dict | None = None, **arrays) -> Artifact:
+    ctx.workdir.mkdir(parents=True, exist_ok=True)
+    path = ctx.workdir / filename
+    np.savez(path, **arrays)  # plain arrays: loaded back with allow_pickle=False
+    return Artifact(path, "npz", notes=notes, info=info or {})
+
+
+def _int8(w: np.ndarray, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 weights and their scale: one per output class (per_channel) or one for the tensor."""
+    peak = np.abs(w).max(axis=0, keepdims=True) if per_channel else np.abs(w).max(keepdims=True)
+    scale = (np.maximum(peak, 1e-12) / 127).astype(np.float32)
+    return np.clip(np.round(w / scale), -127, 127).astype(np.int8), scale
+
+
+# -- recipes: shared parameters come from nbopt.recipes.RECIPES; ``honours`` says what this fake can do ----
+@FakeBackend.recipe("fp16")
+def _fp16(backend, prepared: FakeModel, params: dict, ctx: Context) -> Artifact:
+    return _save(ctx, "model_fp16.npz", "float16 weights", weights=prepared.weights.astype(np.float16),
+                 bias=prepared.bias)
+
+
+@FakeBackend.recipe("int8-dynamic")
+def _int8_dynamic(backend, prepared: FakeModel, params: dict, ctx: Context) -> Artifact:
+    q, scale = _int8(prepared.weights, params["per_channel"])
+    return _save(ctx, "model_int8.npz", f"int8 weights ({scale.size} scale(s))", weights=q, scale=scale,
+                 bias=prepared.bias)
+
+
+@FakeBackend.recipe("int8-static", honours={"calibration": ("minmax",), "activations": ("int8",)})
+def _int8_static(backend, prepared: FakeModel, params: dict, ctx: Context) -> Artifact:
+    q, scale = _int8(prepared.weights, params["per_channel"])
+    x = np.concatenate([np.asarray(v).reshape(len(v), -1) for inputs, _ in ctx.calib.batches(256)
+                        for v in inputs.values()])
+    lo, hi = float(x.min()), float(x.max())  # minmax calibration of the one activation: the input
+    return _save(ctx, "model_int8_static.npz", f"int8 weights, inputs in [{lo:.3g}, {hi:.3g}]", weights=q,
+                 scale=scale, bias=prepared.bias, input_range=np.array([lo, hi], np.float32))
+
+
+@FakeBackend.recipe("prune-unstructured")
+def _prune(backend, prepared: FakeModel, params: dict, ctx: Context) -> Artifact:
+    w = prepared.weights.copy()
+    w.flat[np.argsort(np.abs(w), axis=None)[: int(round(params["amount"] * w.size))]] = 0.0
+    art = _save(ctx, "model_pruned.npz", f"{params['amount']:.0%} of weights zeroed", weights=w, bias=prepared.bias)
+    art.info.update(sparsity=float((w == 0).mean()), size_compressed_bytes=len(zlib.compress(art.path.read_bytes())))
+    return art
+
+
+class WideFakeBackend(FakeBackend):
+    """A second fake backend ("fake-wide": float64 files) for studies that compare two backends."""
+
+    name = "fake-wide"
+
+    def baseline(self, prepared: FakeModel, ctx: Context) -> Artifact:
+        return _save(ctx, "model64.npz", "float64 weights", weights=prepared.weights.astype(np.float64),
+                     bias=prepared.bias)
+
+
+WideFakeBackend.handlers.update(FakeBackend.handlers)  # the same recipes (subclasses start with none)
