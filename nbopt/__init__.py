@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from ._version import __version__  # noqa: E402
 
-__all__ = ["optimize", "Study", "Candidate", "Panel", "NboptError", "load_ipython_extension", "__version__"]
+__all__ = ["optimize", "Study", "Candidate", "Panel", "NboptError", "last_study", "load_ipython_extension",
+           "__version__"]
 
 from .errors import NboptError  # noqa: E402
 
 
 def __getattr__(name: str):
-    if name in ("optimize", "Study", "Candidate"):
+    if name in ("optimize", "Study", "Candidate", "last_study"):
         from . import study
 
         return getattr(study, name)

@@ -16,9 +16,11 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from .errors import NboptError
+from .backends import BACKEND_NAMES
+from .errors import NboptError, one_line
+from .metrics import METRICS
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_FIT = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_FIT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 RECIPE_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 MISSING = "-"
 # (schema column, header, format) of the terminal table; the last column is notes (ok rows) or error
@@ -48,13 +50,14 @@ def add_optimize_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--calib", metavar="DATA",
                    help="calibration data (same forms as --eval); needed by int8-static and mixed-precision")
     p.add_argument("--metric", default="accuracy", metavar="M",
-                   help="accuracy (default), top5, f1, mse, mae, cosine or agreement")
+                   help=f"the metric: {', '.join(METRICS)} (default accuracy); cosine and agreement compare "
+                        "with the baseline's outputs and need no labels")
     p.add_argument("--recipes", metavar="SPEC",
                    help="recipes to try: a comma list (fp16,int8-dynamic), a YAML/JSON list "
                         "('[fp16, {int8-static: {calibration: [minmax, entropy]}}]') or a .yaml/.json file; "
                         "default: the default sweep for this kind of model")
     p.add_argument("--backends", metavar="LIST",
-                   help="comma list of backends (torch, onnx, tflite, coreml); default: the model's own")
+                   help=f"comma list of backends ({', '.join(BACKEND_NAMES)}); default: the model's own")
     p.add_argument("--max-drop", type=_drop, metavar="X",
                    help="accuracy budget: the largest metric drop accepted (>= 0); exit 3 if no optimized "
                         "candidate is within it")
@@ -99,11 +102,14 @@ def dispatch(args: argparse.Namespace) -> int:
         return args.run(args)
     except NboptError as exc:
         return usage_error(exc)
+    except OSError as exc:  # a path that cannot be written or read (a folder where a file is expected, ...)
+        return usage_error(f"{exc.strerror or type(exc).__name__}: '{exc.filename}'." if exc.filename else exc)
+    except KeyboardInterrupt:  # before the sweep started (the sweep itself keeps what it finished)
+        print("nbopt: interrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def usage_error(exc: BaseException | str) -> int:
-    from .errors import one_line
-
     text = exc if isinstance(exc, str) else one_line(exc)
     print(f"nbopt: error: {text}", file=sys.stderr)
     return EXIT_USAGE
@@ -121,7 +127,7 @@ def run_optimize(args: argparse.Namespace) -> int:
         print(f"Report: {study.to_html(Path(args.report))}")
     if study.stopped:
         print("nbopt: the sweep was interrupted; the finished candidates are kept in the store.", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     return _gate_and_export(study, args.max_drop, export)
 
 
@@ -131,6 +137,8 @@ def _study(args: argparse.Namespace, recipes: list | None, backends: list[str] |
     for option, value in (("--eval", args.eval), ("--calib", args.calib)):
         if value is not None and not Path(value).exists():
             raise NboptError(f"{option}: data path '{value}' does not exist: check the path.")
+    if Path(args.store).exists() and not Path(args.store).is_dir():
+        raise NboptError(f"--store: '{args.store}' is a file; give a folder (it is created if missing).")
     progress = sys.stdout.isatty() and sys.stderr.isatty()  # no bar garbage in CI logs or pipes
     return Study(args.model, calib=args.calib, eval=args.eval, metric=args.metric, recipes=recipes,
                  backends=backends, max_accuracy_drop=args.max_drop, store=args.store, progress=progress,
@@ -272,8 +280,6 @@ def _notes(row: dict) -> str:
 
 
 def _direction(metric: str) -> str:
-    from .metrics import METRICS
-
     known = METRICS.get(metric)
     if known is None:
         return ""
@@ -322,8 +328,6 @@ def against_baselines(df, metric: str):
     what a drop is) where the stored row lacks them: the store keeps each row as measured, before the study
     compares it with its baseline. A row is compared with the latest baseline of its backend stored before
     it (a study stores its baselines first)."""
-    from .metrics import METRICS
-
     known = METRICS.get(metric)
     df = df.copy()
     latest: dict[str, Any] = {}
@@ -336,7 +340,8 @@ def against_baselines(df, metric: str):
             continue
         if _missing(row["size_ratio"]) and not _missing(row["size_bytes"]) and base["size_bytes"]:
             df.at[i, "size_ratio"] = row["size_bytes"] / base["size_bytes"]
-        if known and _missing(row["accuracy_drop"]) and not _missing(row["accuracy"]) and not _missing(base["accuracy"]):
+        measured = not _missing(row["accuracy"]) and not _missing(base["accuracy"])
+        if known and measured and _missing(row["accuracy_drop"]):
             df.at[i, "accuracy_drop"] = known.drop(row["accuracy"], base["accuracy"])
     return df
 

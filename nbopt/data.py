@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import NboptError
+from .errors import NboptError, one_line
 
 # Offline always: set before ``datasets`` is first imported (it reads these at import time).
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -105,7 +105,30 @@ def load(obj: Any, role: str = "eval") -> Data:
         data = _from_hf(_to_hf(obj, role))
     if not data.streaming and len(data.ds) == 0:
         raise NboptError(f"The {role} data is empty: give at least one example.")
+    _check_finite(data, role)
     return data
+
+
+def _check_finite(data: Data, role: str, stream_limit: int = 4096) -> None:
+    """NaN or inf in the inputs would turn every number downstream into noise (a dynamic-quantization
+    scale taken from an inf, say): say which input and how many values, once. A stream is checked on its
+    first ``stream_limit`` examples."""
+    bad: dict[str, int] = {}
+    seen = 0
+    for inputs, _ in data.batches(1024):
+        for name, arr in inputs.items():
+            if np.issubdtype(arr.dtype, np.floating):
+                n = int(arr.size - np.isfinite(arr).sum())
+                if n:
+                    bad[name] = bad.get(name, 0) + n
+        seen += len(next(iter(inputs.values())))
+        if data.streaming and seen >= stream_limit:
+            break
+    if bad:
+        what = ", ".join(f"'{name}' has {n} NaN or inf value{'s' if n > 1 else ''}" for name, n in bad.items())
+        shown = "input" if data.single_input else "inputs"
+        raise NboptError(f"The {role} data's {shown}: {what}; clean or drop those examples first "
+                         "(np.isfinite finds them).")
 
 
 @contextmanager
@@ -192,7 +215,7 @@ def _from_npz(path: Path):
             arrays = {name: npz[name] for name in npz.files}
     except Exception as exc:  # noqa: BLE001 - a corrupt file, or object arrays (pickles are refused)
         raise NboptError(f"Cannot read '{path.name}' as a NumPy .npz file of plain arrays "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}).") from None
+                         f"({one_line(exc, 200)}).") from None
     found = [k for k in NPZ_LABELS if k in arrays]
     if len(found) > 1:
         raise NboptError(f"'{path.name}' has both 'labels' and 'label' arrays: keep one of them.")
@@ -220,8 +243,7 @@ def _from_saved(path: Path, role: str):
     try:
         ds = datasets.load_from_disk(str(path))  # memory-mapped Arrow files, no network
     except Exception as exc:  # noqa: BLE001
-        raise NboptError(f"Cannot read the saved dataset in '{path}' ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}).") from None
+        raise NboptError(f"Cannot read the saved dataset in '{path}' ({one_line(exc, 200)}).") from None
     return _pick_split(ds, role) if isinstance(ds, datasets.DatasetDict) else ds
 
 

@@ -36,7 +36,6 @@ class LatencySettings:
 
 @dataclass
 class Measurement:
-    value: float
     outputs: np.ndarray
     latency_ms: float
     latency_p90_ms: float
@@ -45,8 +44,10 @@ class Measurement:
     peak_memory_mb: float | None = None
 
 
-def run_all(runner: Runner, data: Data, batch_size: int = 64) -> np.ndarray:
-    """The model's outputs for every example (one at a time where the program has a static batch of 1)."""
+def run_all(runner: Runner, data: Data, batch_size: int) -> np.ndarray:
+    """The model's outputs for every example, fed at the deployed batch size (one at a time where the
+    program has a static batch of 1): dynamic quantization takes its scales from the whole batch, so a
+    bigger evaluation batch would measure a different model than the one a phone runs."""
     step = min(batch_size, runner.max_batch or batch_size)
     outputs = [np.asarray(runner(inputs)) for inputs, _ in data.batches(step)]
     if not outputs:
@@ -74,15 +75,15 @@ def latency(runner: Runner, example: dict[str, np.ndarray], cfg: LatencySettings
     return float(np.median(arr)), float(np.percentile(arr, 90))
 
 
-def measure(backend, artifact: Artifact, data: Data, metric: Metric, reference: np.ndarray | None,
-            cfg: LatencySettings, memory: bool = True) -> Measurement:
+def measure(backend, artifact: Artifact, data: Data, cfg: LatencySettings, memory: bool = True) -> Measurement:
+    """Outputs on every eval example, latency and peak memory, all at the deployed batch size. The metric
+    is computed from the outputs by the study (on every run, so it is never stale)."""
     runner = backend.load(artifact)
-    outputs = run_all(runner, data)
-    value = score(metric, outputs, data, reference)
+    outputs = run_all(runner, data, cfg.batch_size)
     example = data.example(cfg.batch_size)
     med, p90 = latency(runner, example, cfg)
     peak = peak_memory_mb(backend.name, artifact, example) if memory else None
-    return Measurement(value, outputs, med, p90, int(runner.threads), cfg.batch_size, peak)
+    return Measurement(outputs, med, p90, int(runner.threads), cfg.batch_size, peak)
 
 
 def peak_memory_mb(backend_name: str, artifact: Artifact, example: dict[str, np.ndarray]) -> float | None:

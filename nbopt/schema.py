@@ -59,7 +59,7 @@ INFO_COLUMNS: tuple[Column, ...] = (
 )
 INFO_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in INFO_COLUMNS)
 # internal row keys that never reach a view
-PRIVATE_KEYS = frozenset({"artifact_files"})
+PRIVATE_KEYS = frozenset({"artifact_files", "outputs_path"})
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 STATUSES = (OK, FAILED, SKIPPED)

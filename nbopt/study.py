@@ -6,7 +6,6 @@ then builds, measures and stores each candidate, emitting events that the views 
 """
 from __future__ import annotations
 
-import hashlib
 import shutil
 import threading
 import time
@@ -23,7 +22,7 @@ from .backends import default_backends, get_backend, model_kind, sensitivity_cap
 from .backends.base import Artifact, Backend, Context
 from .data import Data, load
 from .errors import CandidateError, NboptError, one_line
-from .evaluator import LatencySettings, measure
+from .evaluator import LatencySettings, measure, score
 from .metrics import Metric, get_metric
 from .pareto import OBJECTIVES, pareto_mask, resolve
 from .quiet import candidate_log, quiet, write_log
@@ -32,6 +31,7 @@ from .schema import COLUMN_NAMES, FAILED, OK, SKIPPED, empty_row, info_columns, 
 from .store import Store, candidate_key
 
 BASELINE = Recipe("baseline")
+_LAST: "Study | None" = None  # the study of the last run(), finished or interrupted (see last_study)
 Callback = Callable[[str, dict], None]
 
 
@@ -69,7 +69,7 @@ class Study:
                  max_accuracy_drop: float | None = None, store: str | Path | None = ".nbopt",
                  objectives: Sequence[str] = ("size", "accuracy"), n_calib: int = 256, seed: int = 0,
                  callbacks: Iterable[Callback] = (), progress: bool = True, measure_memory: bool = True,
-                 latency: LatencySettings | None = None):
+                 latency: LatencySettings | None = None, batch_size: int = 1):
         if not backends:
             model_kind(model)  # an unusable model is the first thing to say (named backends check it below)
         self.metric: Metric = get_metric(metric)
@@ -81,7 +81,9 @@ class Study:
             raise NboptError(f"n_calib must be a positive integer, got {n_calib!r}.")
         self.max_accuracy_drop = max_accuracy_drop
         self.seed, self.progress, self.measure_memory = seed, progress, measure_memory
-        self.latency = latency or LatencySettings()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise NboptError(f"batch_size must be a positive integer (the batch the phone runs), got {batch_size!r}.")
+        self.latency = latency or LatencySettings(batch_size=batch_size)
         self.eval_data: Data = load(eval, role="eval")
         if self.metric.needs_labels and not self.eval_data.has_labels:
             raise NboptError(f"Metric '{self.metric.name}' needs labels but the eval data has none: pass "
@@ -92,7 +94,7 @@ class Study:
         self.model = model
         self.store = Store(store if store is not None else _tempdir())  # None: a folder removed at exit
         self._prepared, self._unusable = self._prepare(model)
-        self._model_fp = {name: b.fingerprint(model) for name, b in self.backends.items()}
+        self._model_fp = self._fingerprints()
         self.plan: list[Planned] = self._plan(parse_recipes(recipes))
         self.candidates: list[Candidate] = []
         self._callbacks: list[Callback] = list(callbacks)
@@ -127,6 +129,18 @@ class Study:
             except CandidateError as exc:
                 unusable[name] = one_line(exc)
         return prepared, unusable
+
+    def _fingerprints(self) -> dict[str, str]:
+        """Per backend, the hash of what it compiles (exported graph and weights): the model part of every
+        store key, so that editing forward() or a weight re-measures."""
+        out = {}
+        for name, backend in self.backends.items():
+            if name in self._prepared:
+                with candidate_log(self.store.log_path(f"prepare-{name}")), quiet():
+                    out[name] = backend.fingerprint(self._prepared[name])
+            else:
+                out[name] = "unusable"
+        return out
 
     def _plan(self, recipes: list[Recipe] | None) -> list[Planned]:
         if recipes is not None:
@@ -193,6 +207,10 @@ class Study:
         return len(self.backends) + len(self.plan)
 
     def run(self) -> "Study":
+        """Build and measure every planned candidate. ``KeyboardInterrupt`` keeps (and stores) what finished,
+        then propagates so that "Run all" stops; ``nbopt.last_study()`` returns the partial study."""
+        global _LAST
+        _LAST = self
         self._stop.clear()
         self.stopped = False
         self.candidates = []  # a second run() re-reads every finished row from the store
@@ -212,11 +230,13 @@ class Study:
                     broken.add(_monotone_group(item))
         except KeyboardInterrupt:
             self.stopped = True
-            warnings.warn("nbopt: sweep interrupted; the finished candidates are kept (and stored).")
+            warnings.warn("nbopt: sweep interrupted; the finished candidates are kept (and stored): "
+                          "nbopt.last_study() returns them.")
+            raise
         finally:
             if bar is not None:
                 bar.close()
-        self._emit("study_finished", {"stopped": self.stopped})
+            self._emit("study_finished", {"stopped": self.stopped})
         return self
 
     def _record(self, row: dict, bar) -> None:
@@ -247,9 +267,9 @@ class Study:
 
     def _key(self, item: Planned) -> str:
         backend = self.backends[item.backend]
+        # No metric in the key: outputs are stored and the metric is recomputed from them on every run.
         return candidate_key(model=self._model_fp[item.backend], calib=getattr(self.calib_data, "fingerprint", None),
-                             eval=self.eval_data.fingerprint, metric=_metric_id(self.metric),
-                             backend=item.backend, recipe=item.recipe.name, params=item.recipe.params_json(),
+                             eval=self.eval_data.fingerprint, backend=item.backend, recipe=item.recipe.name, params=item.recipe.params_json(),
                              versions=backend.versions(), nbopt=__version__, latency=vars(self.latency),
                              memory=self.measure_memory)
 
@@ -260,13 +280,12 @@ class Study:
         cached = store.get(key)
         if cached is not None:
             self._emit("candidate_started", self._started(item, cached=True))
-            self._restore_outputs(item, cached)
-            return cached
+            return self._scored(item, cached)
         self._emit("candidate_started", self._started(item, cached=False))
         row = _empty_row(item)
         workdir = store.workdir()
         log = store.log_path(key)
-        log.unlink(missing_ok=True)
+        log.write_text("")  # a fresh log per build (a retried candidate does not inherit old output)
         row["log"] = str(log)
         t0 = time.perf_counter()
         # Everything the libraries print (C++ included) goes to the candidate's log, not the notebook.
@@ -285,7 +304,7 @@ class Study:
                 row.update(status=FAILED, error=one_line(exc))
         row["build_seconds"] = round(time.perf_counter() - t0, 3)
         store.put(key, row)
-        return row
+        return self._scored(item, row)
 
     def _artifact(self, item: Planned, workdir: Path) -> Artifact:
         backend = self.backends[item.backend]
@@ -304,23 +323,35 @@ class Study:
         if artifact.info.get("unmeasured"):  # this runtime cannot run here: the columns stay empty
             row["notes"] = "; ".join(p for p in (artifact.notes, artifact.info["unmeasured"]) if p)
             return
-        backend = self.backends[item.backend]
-        reference = self._baseline_outputs.get(item.backend)
-        m = measure(backend, artifact, self.eval_data, self.metric, reference, self.latency, self.measure_memory)
-        if item.recipe is BASELINE:
-            self._baseline_outputs[item.backend] = m.outputs
-            np.save(folder / "baseline_outputs.npy", m.outputs)
-            if self.metric.vs_baseline:
-                m.value = self.metric(m.outputs, m.outputs)
-            row.update(accuracy_drop=0.0)
-        row.update(accuracy=m.value, latency_ms=m.latency_ms, latency_p90_ms=m.latency_p90_ms,
-                   peak_memory_mb=m.peak_memory_mb, threads=m.threads, batch_size=m.batch_size)
+        m = measure(self.backends[item.backend], artifact, self.eval_data, self.latency, self.measure_memory)
+        bad = int(np.size(m.outputs) - np.isfinite(m.outputs).sum()) if np.issubdtype(m.outputs.dtype, np.floating) else 0
+        if bad:
+            raise CandidateError(f"The candidate's outputs contain {bad} NaN or inf values on the evaluation data "
+                                 "(an overflow after quantization?); its accuracy cannot be measured.")
+        np.save(folder / "outputs.npy", m.outputs)
+        row.update(outputs_path=str(folder / "outputs.npy"), latency_ms=m.latency_ms,
+                   latency_p90_ms=m.latency_p90_ms, peak_memory_mb=m.peak_memory_mb, threads=m.threads,
+                   batch_size=m.batch_size)
 
-    def _restore_outputs(self, item: Planned, row: dict) -> None:
-        if item.recipe is BASELINE and row.get("status") == OK:
-            saved = Path(row["artifact_path"]).parent / "baseline_outputs.npy"
-            if saved.exists():
-                self._baseline_outputs[item.backend] = np.load(saved)
+    def _scored(self, item: Planned, stored: dict) -> dict:
+        """The row with the study's metric computed from the candidate's stored outputs: on every run, so a
+        changed metric (or one that reads changed notebook variables) is never stale."""
+        row = dict(stored)
+        if row["status"] != OK or not row.get("outputs_path"):
+            return row  # failed, skipped, or not measurable on this system
+        outputs = np.load(row["outputs_path"])
+        if item.recipe is BASELINE:
+            self._baseline_outputs[item.backend] = outputs
+        try:
+            value = score(self.metric, outputs, self.eval_data, self._baseline_outputs.get(item.backend))
+        except Exception as exc:  # noqa: BLE001 - a metric that breaks fails this row, not the sweep
+            return {**row, "status": FAILED, "error": f"The metric failed: {one_line(exc)}"}
+        if not np.isfinite(value):
+            return {**row, "status": FAILED, "error": f"The metric returned {value} for this candidate."}
+        row["accuracy"] = value
+        if item.recipe is BASELINE:
+            row["accuracy_drop"] = 0.0
+        return row
 
     def _started(self, item: Planned, cached: bool) -> dict:
         return {"index": len(self.candidates), "name": item.name, "backend": item.backend,
@@ -439,6 +470,11 @@ class Study:
         return f"<nbopt.Study {len(self.candidates)} rows ({ok} ok) metric={self.metric.name}>"
 
 
+def last_study() -> "Study | None":
+    """The study of the last ``optimize()`` / ``Study.run()``, also when it was interrupted."""
+    return _LAST
+
+
 def optimize(model: Any, calib: Any = None, eval: Any = None, metric: str | Callable = "accuracy",
              recipes: Iterable[Any] | None = None, backends: Sequence[str] | None = None,
              max_accuracy_drop: float | None = None, store: str | Path | None = ".nbopt", **kwargs) -> Study:
@@ -470,14 +506,6 @@ def _rebase(artifact: Artifact, old: Path, new: Path) -> Artifact:
     move = lambda p: new / Path(p).resolve().relative_to(old.resolve())  # noqa: E731
     return Artifact(move(artifact.path), artifact.format, [move(f) for f in artifact.files], artifact.notes,
                     artifact.info)
-
-
-def _metric_id(metric: Metric) -> str:
-    """Built-in metrics by name; a callable also by its bytecode, so editing it re-measures."""
-    code = getattr(metric.fn, "__code__", None)
-    if code is None or metric.fn.__module__ == "nbopt.metrics":
-        return metric.name
-    return f"{metric.name}:{hashlib.blake2b(code.co_code + repr(code.co_consts).encode()).hexdigest()[:16]}"
 
 
 def _monotone_group(item: Planned) -> tuple:

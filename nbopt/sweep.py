@@ -68,19 +68,19 @@ def wait_for_sweeps(*_args) -> None:
     """``pre_run_cell`` hook: a cell run while a sweep is running waits for it to finish.
 
     Without it, "Run all" would reach ``study.results`` before the study exists, and the cell's own
-    work would disturb the latency measurements. Interrupting the kernel stops the sweep instead
-    (after the running candidate); a second interrupt stops waiting.
+    work would disturb the latency measurements. Interrupting the kernel stops the sweep (after the
+    running candidate; a second interrupt stops waiting), keeps what finished, and then propagates, so
+    that "Run all" stops too.
     """
     for sweep in running():
         sweep.on_waiting(True)
         try:
+            sweep._thread.join()
+        except KeyboardInterrupt:
+            sweep.stop()
             try:
                 sweep._thread.join()
-            except KeyboardInterrupt:
-                sweep.stop()
-                try:
-                    sweep._thread.join()
-                except KeyboardInterrupt:
-                    pass
+            finally:
+                raise
         finally:
             sweep.on_waiting(False)

@@ -242,7 +242,7 @@ class Panel(anywidget.AnyWidget):
             try:
                 fn(self)
             except Exception as exc:  # noqa: BLE001
-                self.message = f"{type(exc).__name__}: {exc}"
+                self.message = one_line(exc)
 
     def _on_event(self, event: str, payload: dict) -> None:
         """Study callback, called in the sweep thread: update traits, nothing else."""

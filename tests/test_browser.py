@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed")
 pytest.importorskip("jupyterlab", reason="jupyterlab is not installed")

@@ -1,4 +1,8 @@
-"""%%optimize and the panel's kernel side, in a real IPython shell (no browser; see test_browser.py)."""
+"""%%optimize and the panel's kernel side, in a real IPython shell (no browser; see test_browser.py).
+
+Fast tier: the magic and the panel follow studies of the fake in-memory backend (``fake_backend.py``).
+Slow tier (the end of this file): the layer-sensitivity section, which needs the real ONNX backend.
+"""
 from __future__ import annotations
 
 import json
@@ -8,22 +12,19 @@ import pytest
 
 pytest.importorskip("IPython")
 pytest.importorskip("anywidget")
-pytest.importorskip("torch")
-pytest.importorskip("onnxruntime")
 
 from IPython.core.error import UsageError  # noqa: E402
 from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
 
-BACKEND = "onnx"  # takes the torch CNN, fast on 2 cores
+BACKEND = "fake"  # numpy only: the engine and the views without a converter
+
+pytestmark = pytest.mark.usefixtures("quick_latency")
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    from nbopt.demo import digits_arrays, train_digits_cnn
-
-    xtr, ytr, xval, yval = digits_arrays()
-    net = train_digits_cnn(epochs=3, width=8, hidden=32, data=(xtr, ytr, xval, yval))
-    return net, xtr[:64], (xval, yval)
+@pytest.fixture
+def tiny(fake_model, fake_data):
+    xtr, ytr, xval, yval = fake_data
+    return fake_model, xtr[:64], (xval, yval)
 
 
 @pytest.fixture
@@ -111,6 +112,12 @@ def test_magic_runs_sweep_in_background_and_stores_study(ip, panels, capsys):
     assert all(r["id"] == str(i) for i, r in enumerate(panel.rows))
     assert panel.elapsed_s > 0 and len(panel.durations) == 3
     assert "Traceback" not in capsys.readouterr().err
+    # the same cell again: every row comes from the store, so no build time is counted for the estimate
+    assert ip.run_cell(cell).success and ip.run_cell("pass").success
+    again = panels[1]
+    assert again.status == "done" and [r["name"] for r in again.rows] == [r["name"] for r in panel.rows]
+    assert again.durations == [] and ip.user_ns["study"] is again.study
+    assert [r["size_bytes"] for r in again.rows] == [r["size_bytes"] for r in panel.rows]
 
 
 def test_one_line_form_runs_default_sweep(ip, panels):
@@ -165,7 +172,7 @@ def test_export_from_panel_writes_artifact_and_says_where(ip, panels, tmp_path):
     send(panel, {"type": "export", "id": row["id"], "path": str(tmp_path / "out" / "digits")})
     status = panel.export_status
     assert status["id"] == row["id"] and "error" not in status, status
-    written = tmp_path / "out" / "digits.onnx"
+    written = tmp_path / "out" / "digits.npz"
     assert status["path"] == str(written.resolve()) and written.stat().st_size == row["size_bytes"]
     assert (tmp_path / "out" / "digits.json").exists()
     # no path: a default under nbopt_exports/ next to the notebook
@@ -181,17 +188,20 @@ def test_panel_setup_mode_chooses_recipes_and_runs(tiny, tmp_path):
     from nbopt.widget import Panel
 
     net, calib, val = tiny
-    panel = Panel(net, calib=calib, eval=val, store=str(tmp_path / "st"))
+    panel = Panel(net, calib=calib, eval=val, store=str(tmp_path / "st"), backends=[BACKEND])
     assert panel.mode == "setup" and panel.status == "idle"
-    assert BACKEND in panel.available_backends
-    assert {"fp16", "int8-dynamic"} <= set(panel.available_recipes)
+    assert panel.backends == [BACKEND]
+    assert sorted(panel.available_backends) == ["fake", "fake-wide"]  # the installed ones that take this model
+    from fake_backend import FakeBackend
+
+    assert panel.available_recipes == sorted(FakeBackend.handlers)
     panel.recipes = ["fp16"]
-    panel.backends = [BACKEND]
+    panel.backends = ["fake-wide"]  # what the user ticks is what runs
     send(panel, {"type": "run"})  # the Run button
     panel.wait(120)
     assert panel.status == "done", panel.message
-    assert [r["recipe"] for r in panel.rows] == ["baseline", "fp16"]
-    assert panel.best() is not None
+    assert [r["name"] for r in panel.rows] == ["fake-wide:baseline", "fake-wide:fp16"]
+    assert panel.best() is panel.study.candidates[1]  # smaller, and as accurate
     assert nbopt.Panel is Panel
 
 
@@ -199,7 +209,7 @@ def test_panel_run_error_is_shown_in_panel(tiny, tmp_path):
     from nbopt.widget import Panel
 
     net, calib, val = tiny
-    panel = Panel(net, calib=calib, eval=val, metric="accuracy", store=str(tmp_path / "st"))
+    panel = Panel(net, calib=calib, eval=val, metric="accuracy", store=str(tmp_path / "st"), backends=[BACKEND])
     panel.recipes = ["int9-magic"]
     panel.backends = [BACKEND]
     panel.start().wait(60)
@@ -207,15 +217,61 @@ def test_panel_run_error_is_shown_in_panel(tiny, tmp_path):
     assert "int9-magic" in panel.message and "\n" not in panel.message
 
 
+def test_panel_follows_failed_and_skipped_rows(tiny, tmp_path, monkeypatch):
+    import dataclasses
+
+    from fake_backend import FakeBackend
+    from nbopt.study import Study
+    from nbopt.widget import Panel
+
+    def broken(*args):
+        raise RuntimeError("converter crashed")
+
+    monkeypatch.setitem(FakeBackend.handlers, "fp16", dataclasses.replace(FakeBackend.handlers["fp16"], handler=broken))
+    net, calib, val = tiny
+    study = Study(net, calib=calib, eval=val, backends=[BACKEND], store=tmp_path / "st", progress=False,
+                  recipes=["fp16", {"int8-static": {"calibration": "entropy"}}, "int8-dynamic"])
+    panel = Panel.follow(study)
+    seen = []
+    panel.observe(lambda change: seen.append(len(change["new"])), names="rows")
+    panel.start().wait(60)
+    assert panel.status == "done" and panel.total == panel.done == 4
+    assert [r["status"] for r in panel.rows] == ["ok", "failed", "skipped", "ok"]
+    assert panel.rows[1]["error"] == "RuntimeError: converter crashed" and "entropy" in panel.rows[2]["error"]
+    assert seen[:4] == [1, 2, 3, 4]  # a row appears as each candidate ends, not all at the end
+    assert len(panel.durations) == 3  # a skipped row took no time
+    assert "artifact_files" not in panel.rows[0]  # internal keys never reach the front end
+    json.dumps(panel.rows, allow_nan=False)
+
+
 # ---------------------------------------------------------------------------------- layer sensitivity
-def test_panel_fills_layer_sensitivity_after_sweep(tiny, tmp_path, monkeypatch):
+@pytest.fixture
+def onnx_tiny(tiny_digits_cnn, digits):
+    pytest.importorskip("onnxruntime")
+    xtr, _, xval, yval = digits
+    return tiny_digits_cnn, xtr[:64], (xval, yval)
+
+
+def test_fake_backend_has_no_layer_sensitivity(tiny, tmp_path):
+    """A backend without the capability: the section stays empty, with no note, and the sweep is done."""
+    from nbopt.widget import Panel
+
+    net, calib, val = tiny
+    panel = Panel(net, calib=calib, eval=val, store=str(tmp_path / "st"), backends=[BACKEND], recipes=["fp16"])
+    panel.start().wait(60)
+    assert panel.status == "done", panel.message
+    assert panel.study.sensitivity_backends == [] and panel.sensitivity == [] and panel.sensitivity_note == ""
+
+
+@pytest.mark.slow
+def test_panel_fills_layer_sensitivity_after_sweep(onnx_tiny, tmp_path, monkeypatch):
     """After the sweep, in its thread, the panel holds the onnx per-layer sensitivity table, ranked."""
     import nbopt.widget as widget
     from nbopt.widget import Panel
 
-    net, calib, val = tiny
+    net, calib, val = onnx_tiny
     panel = Panel(net, calib=calib, eval=val, store=str(tmp_path / "st"))
-    panel.recipes, panel.backends = ["int8-dynamic"], [BACKEND]
+    panel.recipes, panel.backends = ["int8-dynamic"], ["onnx"]
     threads = []
     original = Panel._fill_sensitivity
 
@@ -244,7 +300,7 @@ def test_panel_fills_layer_sensitivity_after_sweep(tiny, tmp_path, monkeypatch):
     panel.study.sensitivity.clear()
     panel._fill_sensitivity()
     assert panel.sensitivity == rows  # the backend's cache (as after mixed-precision) makes it cheap
-    panel.study._prepared[BACKEND]._cache.clear()
+    panel.study._prepared["onnx"]._cache.clear()
     panel.study.sensitivity.clear()
     panel.sensitivity = []
     panel._fill_sensitivity()
@@ -258,12 +314,13 @@ def test_panel_fills_layer_sensitivity_after_sweep(tiny, tmp_path, monkeypatch):
     assert panel.running == ""
 
 
-def test_panel_has_no_sensitivity_without_calibration_data(tiny, tmp_path):
+@pytest.mark.slow
+def test_panel_has_no_sensitivity_without_calibration_data(onnx_tiny, tmp_path):
     from nbopt.widget import Panel
 
-    net, _calib, val = tiny
+    net, _calib, val = onnx_tiny
     panel = Panel(net, eval=val, store=str(tmp_path / "st"))
-    panel.recipes, panel.backends = ["fp16"], [BACKEND]
+    panel.recipes, panel.backends = ["fp16"], ["onnx"]
     panel.start().wait(120)
     assert panel.status == "done", panel.message
     assert panel.sensitivity == [] and panel.sensitivity_note == ""

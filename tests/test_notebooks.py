@@ -26,6 +26,7 @@ def test_every_example_is_listed():
     assert sorted(p.name for p in EXAMPLES.glob("*.ipynb")) == sorted(NEEDS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(NEEDS))
 def test_example_notebook_runs(name, tmp_path, monkeypatch):
     for module in NEEDS[name]:

@@ -8,6 +8,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+pytestmark = pytest.mark.slow  # converts real models (the fast tier: pytest -m "not slow")
+
 pytest.importorskip("torch")
 pytest.importorskip("executorch")
 pytest.importorskip("torchao")

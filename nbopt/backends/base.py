@@ -122,8 +122,9 @@ class Backend:
         CandidateError if only this backend cannot take it. ``example`` is the eval ``Data``."""
         raise NotImplementedError
 
-    def fingerprint(self, model: Any) -> str:
-        """A hash of the model's weights and structure, for the store."""
+    def fingerprint(self, prepared: Any) -> str:
+        """A hash of what this backend will compile (the exported graph and its weights), for the store:
+        any change to what the model computes changes it."""
         raise NotImplementedError
 
     def baseline(self, prepared: Any, ctx: Context) -> Artifact:

@@ -59,3 +59,16 @@ def hash_torch_module(model: Any, tag: str) -> str:
             t = t.detach().cpu()
             arrays.append(t.float().numpy() if t.dtype.is_floating_point else t.numpy())
     return hash_arrays(arrays, extra=f"{tag}:{model!r}|" + ",".join(sorted(state)))
+
+
+def hash_exported_program(program: Any, tag: str) -> str:
+    """What a ``torch.export`` program computes: its graph (ops, shapes, order) and every weight and
+    constant, so that editing ``forward()`` or any weight changes the hash."""
+    arrays = []
+    tensors = {**dict(program.state_dict), **{f"const:{k}": v for k, v in program.constants.items()}}
+    for key in sorted(tensors):
+        t = tensors[key]
+        if hasattr(t, "detach"):
+            t = t.detach().cpu()
+            arrays.append(t.float().numpy() if t.dtype.is_floating_point else t.numpy())
+    return hash_arrays(arrays, extra=f"{tag}:{program.graph_module.code}|" + ",".join(sorted(tensors)))

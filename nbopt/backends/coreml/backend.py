@@ -16,8 +16,9 @@ from ...errors import CandidateError, NboptError, one_line
 from ...quiet import quiet
 from ...recipes import Recipe
 from ..base import Artifact, Backend, Context
-from ..common import hash_arrays, hash_torch_module, versions
-from . import convert as cv
+from ..common import hash_arrays, hash_exported_program, hash_torch_module, versions
+from .convert import (BASE_TARGET, InputSpec, artifact, convert, keras_source, torch_positional, torch_source,
+                      write_package)
 from .runner import CoreMLRunner, import_ct
 
 
@@ -27,18 +28,18 @@ class CoreMLPrepared:
 
     kind: str  # "torch" or "keras"
     source: Any  # a torch ExportedProgram / TorchScript module, or [tf ConcreteFunction]
-    inputs: list[cv.InputSpec]
+    inputs: list[InputSpec]
     how: str  # the exporter, and why a fallback was used
     note: str  # "PyTorch Net via torch.export"
     model: Any = field(default=None, repr=False)  # the copy ``source`` was made from: a tf concrete function
     # holds only weak references to the Keras variables, so the model must stay alive beside it
     programs: dict = field(default_factory=dict, repr=False)  # (precision, target) -> MLModel
 
-    def program(self, precision: str, target: str = cv.BASE_TARGET):
+    def program(self, precision: str, target: str = BASE_TARGET):
         """The model converted at this precision and deployment target (converted once, then cached)."""
         key = (precision, target)
         if key not in self.programs:
-            self.programs[key] = cv.convert(self.source, self.kind, self.inputs, precision, target)
+            self.programs[key] = convert(self.source, self.kind, self.inputs, precision, target)
         return self.programs[key]
 
 
@@ -66,7 +67,7 @@ class CoreMLBackend(Backend):
             raise NboptError("The Core ML backend needs example inputs to fix the model's input shapes: pass eval=...")
         import_ct()  # first, quietly: importing coremltools also imports torch and TensorFlow, with chatter
         batch = example.example(1)
-        inputs = [cv.InputSpec.of(name, batch[name]) for name in example.input_names]
+        inputs = [InputSpec.of(name, batch[name]) for name in example.input_names]
         if _is_torch(model):
             return self._torch(model, batch, inputs, example.single_input)
         if _is_keras(model):
@@ -81,41 +82,43 @@ class CoreMLBackend(Backend):
         except Exception as exc:  # noqa: BLE001
             raise NboptError(f"nbopt could not copy the model ({one_line(exc)}); it must be deep-copyable so that "
                              "the original stays untouched.") from exc
-        module = cv.torch_positional(model, [s.name for s in inputs], single)
+        module = torch_positional(model, [s.name for s in inputs], single)
         args = [torch.from_numpy(np.ascontiguousarray(batch[s.name])) for s in inputs]
         with torch.no_grad():
             _check_runs(lambda: module(*args), "PyTorch", batch)
-        source, fp32, how = cv.torch_source(
-            module, batch, inputs, lambda src: cv.convert(src, "torch", inputs, "fp32", cv.BASE_TARGET))
+        source, fp32, how = torch_source(
+            module, batch, inputs, lambda src: convert(src, "torch", inputs, "fp32", BASE_TARGET))
         prep = CoreMLPrepared("torch", source, inputs, how, f"PyTorch {type(model).__name__} via {how}", module)
-        prep.programs[("fp32", cv.BASE_TARGET)] = fp32  # converted while choosing the exporter
+        prep.programs[("fp32", BASE_TARGET)] = fp32  # converted while choosing the exporter
         return prep
 
     def _keras(self, model, batch, inputs, single: bool) -> CoreMLPrepared:
         feed = batch[inputs[0].name] if single else {s.name: batch[s.name] for s in inputs}
         _check_runs(lambda: model(feed, training=False), "Keras", batch)
         model = _keras_copy(model)
-        source = cv.keras_source(model, batch, inputs, single)
+        source = keras_source(model, batch, inputs, single)
         how = "tf.function concrete function (ct.convert does not take Keras 3 models directly)"
         prep = CoreMLPrepared("keras", source, inputs, how, f"Keras {type(model).__name__} via {how}", model)
         prep.program("fp32")  # convert now: a model coremltools cannot take fails here, once
         return prep
 
-    def fingerprint(self, model: Any) -> str:
-        if _is_torch(model):
-            return hash_torch_module(model, "coreml")
-        try:
-            structure = model.to_json()
-        except Exception:  # noqa: BLE001  (subclassed models)
-            structure = type(model).__qualname__ + repr([tuple(w.shape) for w in model.weights])
-        return hash_arrays([np.asarray(w) for w in model.get_weights()], "coreml-keras:" + structure)
+    def fingerprint(self, prepared: CoreMLPrepared) -> str:
+        """What ct.convert is given: the exported torch graph and weights, or the traced Keras graph."""
+        source = prepared.source
+        if hasattr(source, "graph_module"):  # torch.export program
+            return hash_exported_program(source, "coreml")
+        if prepared.kind == "torch":  # TorchScript trace
+            return hash_torch_module(source, "coreml-ts:" + str(source.inlined_graph))
+        graph = b"".join(fn.graph.as_graph_def().SerializeToString(deterministic=True) for fn in source)
+        weights = [np.asarray(w) for w in prepared.model.get_weights()]
+        return hash_arrays([np.frombuffer(graph, np.uint8), *weights], "coreml-keras")
 
     # -- artifacts -----------------------------------------------------------------------------------
     def baseline(self, prepared: CoreMLPrepared, ctx: Context) -> Artifact:
-        path, report = cv.write_package(prepared.program("fp32"), ctx, "fp32")
+        path, report = write_package(prepared.program("fp32"), ctx, "fp32")
         notes = (f"fp32 weights and compute (ct.convert compute_precision=FLOAT32), ML Program, minimum "
-                 f"deployment target {cv.BASE_TARGET}; {prepared.note}")
-        return cv.artifact(path, notes, report, min_deployment_target=cv.BASE_TARGET, compute_precision="fp32")
+                 f"deployment target {BASE_TARGET}; {prepared.note}")
+        return artifact(path, notes, report, min_deployment_target=BASE_TARGET, compute_precision="fp32")
 
     def load(self, artifact: Artifact) -> CoreMLRunner:
         return CoreMLRunner(artifact.path)

@@ -12,7 +12,7 @@ import zlib
 from ...errors import CandidateError, library_failure
 from ...quiet import quiet
 from ..base import Artifact, Context, Param
-from . import convert as cv
+from .convert import BASE_TARGET, BLOCKWISE_TARGET, artifact, package_files, write_package
 from .backend import CoreMLBackend, CoreMLPrepared
 from .reports import Report
 
@@ -40,10 +40,10 @@ def _notes(how: str, report: Report | None, target: str, prepared: CoreMLPrepare
 
 @CoreMLBackend.recipe("fp16")
 def _fp16(backend, prepared: CoreMLPrepared, params: dict, ctx: Context) -> Artifact:
-    path, report = cv.write_package(prepared.program("fp16"), ctx, "fp16")
+    path, report = write_package(prepared.program("fp16"), ctx, "fp16")
     notes = (f"fp16 weights and compute (ct.convert compute_precision=FLOAT16), fp32 inputs/outputs, minimum "
-             f"deployment target {cv.BASE_TARGET}; {prepared.note}")
-    return cv.artifact(path, notes, report, min_deployment_target=cv.BASE_TARGET, compute_precision="fp16")
+             f"deployment target {BASE_TARGET}; {prepared.note}")
+    return artifact(path, notes, report, min_deployment_target=BASE_TARGET, compute_precision="fp16")
 
 
 @CoreMLBackend.recipe("int8-weight-only")
@@ -52,18 +52,18 @@ def _int8_weight_only(backend, prepared: CoreMLPrepared, params: dict, ctx: Cont
 
     group = params["group_size"]
     if group is None:  # one scale per output channel: runs from iOS16
-        target, scales, stem = cv.BASE_TARGET, "per-channel scales", "int8_weight_only"
+        target, scales, stem = BASE_TARGET, "per-channel scales", "int8_weight_only"
         config = OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
                                          weight_threshold=THRESHOLD)
     else:  # one scale per block of input channels: iOS18's blockwise format
-        target, scales, stem = cv.BLOCKWISE_TARGET, f"one scale per {group} input channels", f"int8_g{group}"
+        target, scales, stem = BLOCKWISE_TARGET, f"one scale per {group} input channels", f"int8_g{group}"
         config = OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_block",
                                          block_size=int(group), weight_threshold=THRESHOLD)
     model = _compress(prepared.program("fp16", target), "linear_quantize_weights", config)
-    path, report = cv.write_package(model, ctx, stem)
+    path, report = write_package(model, ctx, stem)
     _check_compressed(report, "int8-weight-only", _group_hint(group))
     notes = _notes(f"linear_quantize_weights (symmetric int8, {scales})", report, target, prepared)
-    return cv.artifact(path, notes, report, min_deployment_target=target, compute_precision="fp16")
+    return artifact(path, notes, report, min_deployment_target=target, compute_precision="fp16")
 
 
 def _group_hint(group) -> str:
@@ -83,20 +83,20 @@ def _int4_weight_only(backend, prepared: CoreMLPrepared, params: dict, ctx: Cont
 
     group = int(params["group_size"])
     if params["method"] == "palettize":
-        target, stem, hint = cv.BASE_TARGET, "int4_palette", ""
+        target, stem, hint = BASE_TARGET, "int4_palette", ""
         how = "palettize_weights (4-bit k-means lookup table per tensor, fp16 table values; group_size unused)"
         function = "palettize_weights"
         config = OpPalettizerConfig(mode="kmeans", nbits=4, granularity="per_tensor", weight_threshold=THRESHOLD)
     else:  # one scale per block of input channels: iOS18's blockwise format
-        target, stem, hint = cv.BLOCKWISE_TARGET, f"int4_g{group}", _group_hint(group)
+        target, stem, hint = BLOCKWISE_TARGET, f"int4_g{group}", _group_hint(group)
         how = f"linear_quantize_weights (symmetric int4, one scale per {group} input channels)"
         function = "linear_quantize_weights"
         config = OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4", granularity="per_block",
                                          block_size=group, weight_threshold=THRESHOLD)
     model = _compress(prepared.program("fp16", target), function, config)
-    path, report = cv.write_package(model, ctx, stem)
+    path, report = write_package(model, ctx, stem)
     _check_compressed(report, "int4-weight-only", hint)
-    return cv.artifact(path, _notes(how, report, target, prepared), report, min_deployment_target=target,
+    return artifact(path, _notes(how, report, target, prepared), report, min_deployment_target=target,
                        compute_precision="fp16")
 
 
@@ -107,15 +107,15 @@ def _prune_unstructured(backend, prepared: CoreMLPrepared, params: dict, ctx: Co
     amount = float(params["amount"])
     config = OpMagnitudePrunerConfig(target_sparsity=amount, weight_threshold=THRESHOLD)
     model = _compress(prepared.program("fp16"), "prune_weights", config)
-    path, report = cv.write_package(model, ctx, f"pruned_{int(round(amount * 100))}")
+    path, report = write_package(model, ctx, f"pruned_{int(round(amount * 100))}")
     _check_compressed(report, "prune-unstructured")
     # zeros also shrink a compressed download; below ~6% sparsity the sparse format is larger than dense fp16
-    compressed = sum(len(zlib.compress(f.read_bytes(), 9)) for f in cv.package_files(path))
+    compressed = sum(len(zlib.compress(f.read_bytes(), 9)) for f in package_files(path))
     info = {"size_compressed_bytes": compressed}
     if report and report.sparsity is not None:
         info["sparsity"] = round(report.sparsity, 4)
     how = (f"prune_weights (one-shot magnitude pruning of {amount:.0%} of each tensor, no fine-tuning; stored in "
            "Core ML's sparse format: a bit mask plus the non-zero values)")
-    notes = _notes(how, report, cv.BASE_TARGET, prepared) + (
+    notes = _notes(how, report, BASE_TARGET, prepared) + (
         "; size is the package in that sparse format, size_compressed_bytes its files zlib-compressed")
-    return cv.artifact(path, notes, report, min_deployment_target=cv.BASE_TARGET, compute_precision="fp16", **info)
+    return artifact(path, notes, report, min_deployment_target=BASE_TARGET, compute_precision="fp16", **info)

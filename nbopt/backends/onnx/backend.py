@@ -18,7 +18,7 @@ from ...errors import CandidateError, NboptError, one_line
 from ...quiet import quiet
 from ...recipes import Recipe
 from ..base import Artifact, Backend, Context
-from ..common import hash_arrays, hash_files, hash_torch_module, versions
+from ..common import hash_files, versions
 from .convert import export_torch, load_user_file, model_files, new_tempdir, save_model
 from .graph import normalize, weight_nodes_meta
 from .quant import CALIBRATION_METHODS, QUANT_TYPES, make_reader, node_aliases, ort_call
@@ -72,7 +72,7 @@ class OnnxBackend(Backend):
             try:
                 save_model(model, path)
             except Exception as exc:
-                raise NboptError(f"Cannot save this onnx.ModelProto ({type(exc).__name__}: {one_line(exc, with_type=False)}); "
+                raise NboptError(f"Cannot save this onnx.ModelProto ({one_line(exc)}); "
                                  "if its weights live in external files, pass the .onnx path instead.") from exc
             source, note = "proto", "onnx.ModelProto"
         elif any(c.__module__.startswith("torch.nn") for c in type(model).__mro__):
@@ -111,15 +111,11 @@ class OnnxBackend(Backend):
                 raise
             except Exception as exc:  # noqa: BLE001
                 raise NboptError(f"onnxruntime could not run this model on the given data "
-                                 f"({type(exc).__name__}: {one_line(exc, 300, with_type=False)}).") from exc
+                                 f"({one_line(exc, 300)}).") from exc
         return prepared
 
-    def fingerprint(self, model: Any) -> str:
-        if isinstance(model, (str, Path)):
-            return hash_files(model_files(Path(model)), "onnx-file")
-        if type(model).__name__ == "ModelProto":
-            return hash_arrays([np.frombuffer(model.SerializeToString(deterministic=True), np.uint8)], "onnx-proto")
-        return hash_torch_module(model, "onnx<-torch")
+    def fingerprint(self, prepared: OnnxPrepared) -> str:
+        return hash_files(model_files(prepared.path), "onnx")
 
     def baseline(self, prepared: OnnxPrepared, ctx: Context) -> Artifact:
         ctx.workdir.mkdir(parents=True, exist_ok=True)
@@ -171,7 +167,7 @@ class OnnxBackend(Backend):
                     note = "quant_pre_process" + label + (f" ({reasons[-1]})" if reasons else "")
                     break
                 except Exception as exc:  # noqa: BLE001
-                    reasons.append(f"{type(exc).__name__}: {one_line(exc, 120, with_type=False)}")
+                    reasons.append(f"{one_line(exc, 120)}")
             else:
                 out = src
                 note = f"quantized without quant_pre_process (it failed: {reasons[0]})"

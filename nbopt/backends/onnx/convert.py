@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PureWindowsPath
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -21,20 +21,139 @@ ORT_TO_NUMPY = {
 }
 
 
-def model_files(path: Path) -> list[Path]:
-    """The .onnx file plus every external-data file it references (what a user would ship)."""
-    import onnx
-    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+def _graph_tensors(graph) -> Iterator[tuple[str, Any]]:
+    """(name, TensorProto) for every tensor stored in ``graph``: initializers, sparse initializers and the
+    tensors in node attributes, subgraphs included."""
+    for t in graph.initializer:
+        yield t.name, t
+    for sp in graph.sparse_initializer:
+        yield from _sparse(sp)
+    for node in graph.node:
+        yield from _node_tensors(node)
 
+
+def _sparse(sp, owner: str = "") -> Iterator[tuple[str, Any]]:
+    name = sp.values.name or owner
+    yield name, sp.values
+    yield f"{name} (indices)", sp.indices
+
+
+def _node_tensors(node) -> Iterator[tuple[str, Any]]:
+    for attr in node.attribute:
+        owner = f"{node.name or node.op_type}.{attr.name}"
+        if attr.HasField("t"):
+            yield attr.t.name or owner, attr.t
+        for t in attr.tensors:
+            yield t.name or owner, t
+        if attr.HasField("sparse_tensor"):
+            yield from _sparse(attr.sparse_tensor, owner)
+        for sp in attr.sparse_tensors:
+            yield from _sparse(sp, owner)
+        if attr.HasField("g"):
+            yield from _graph_tensors(attr.g)
+        for g in attr.graphs:
+            yield from _graph_tensors(g)
+
+
+def _all_tensors(proto) -> Iterator[tuple[str, Any]]:
+    """Every tensor of a ModelProto (main graph, subgraphs, functions, training graphs), with a name to show."""
+    yield from _graph_tensors(proto.graph)
+    for fn in proto.functions:
+        for node in fn.node:
+            yield from _node_tensors(node)
+    for info in proto.training_info:
+        for g in (info.initialization, info.algorithm):
+            yield from _graph_tensors(g)
+
+
+def external_tensors(proto) -> list[tuple[str, Any, dict[str, str]]]:
+    """(name, TensorProto, external-data entries) for every tensor whose data lives in another file."""
+    from onnx import TensorProto
+
+    out = []
+    for name, tensor in _all_tensors(proto):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            out.append((name, tensor, {e.key: e.value for e in tensor.external_data}))
+    return out
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a name the OS rejects
+        return False
+
+
+def external_files(path: Path, proto=None) -> dict[str, Path]:
+    """The external-data files of the .onnx at ``path``, by location, each checked to lie inside the model's
+    folder (symlinks followed) BEFORE anything is read from it; any other location is one NboptError."""
     path = Path(path)
-    proto = onnx.load(str(path), load_external_data=False)
-    files = [path]
-    for tensor in _get_all_tensors(proto):
-        if uses_external_data(tensor):
-            f = path.parent / ExternalDataInfo(tensor).location
-            if f not in files:
-                files.append(f)
+    if proto is None:
+        proto = _load_graph_only(path)
+    root = path.parent
+    files: dict[str, Path] = {}
+    for name, _, entries in external_tensors(proto):
+        loc = entries.get("location", "")
+        if loc in files:
+            continue
+        where = Path(loc)
+        if not loc or "\0" in loc or where.is_absolute() or PureWindowsPath(loc).anchor \
+                or not _inside(root / where, root):
+            raise NboptError(f"ONNX model '{path.name}' stores tensor '{name}' at external-data location '{loc}', "
+                             f"which is not inside the model's folder '{root}': nbopt reads only files next to "
+                             "the model (move the data file there and save the model again).")
+        files[loc] = root / where
     return files
+
+
+def _load_graph_only(path: Path):
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise NboptError(f"'{path}' is not a readable ONNX model ("
+                         f"{one_line(exc)}); the file may be truncated or not an .onnx file.") from exc
+
+
+def model_files(path: Path) -> list[Path]:
+    """The .onnx file plus every external-data file it references (what a user would ship), every one
+    confined to the model's folder (see ``external_files``)."""
+    path = Path(path)
+    return [path, *(f for f in external_files(path).values() if f != path)]
+
+
+def copy_model(src: Path, model_out: Path, data_out: Path, location: str) -> None:
+    """Copy the .onnx ``src`` to ``model_out`` with all its external data in ONE file, ``data_out``, which the
+    copy names ``location`` (relative to the copy's folder; the caller moves the files into place).
+
+    Tensor bytes are copied as they are (one data file: byte for byte, offsets unchanged; several: appended
+    at 4 KiB-aligned offsets), so the copy computes exactly what ``src`` does and has the same size."""
+    src = Path(src)
+    proto = _load_graph_only(src)
+    sources = external_files(src, proto)
+    bases: dict[str, int] = {}
+    sizes: dict[str, int] = {}
+    with open(data_out, "wb") as out:
+        for loc, f in sources.items():
+            pad = -out.tell() % 4096 if bases else 0
+            out.write(b"\0" * pad)
+            bases[loc], sizes[loc] = out.tell(), f.stat().st_size
+            with open(f, "rb") as fin:
+                shutil.copyfileobj(fin, out, 1 << 20)
+    for _, tensor, entries in external_tensors(proto):
+        loc = entries.get("location", "")
+        offset = int(entries.get("offset") or 0)
+        new = {"location": location, "offset": str(bases[loc] + offset)}
+        if "length" not in entries and len(sources) > 1:  # "to the end of the file" would now read too far
+            new["length"] = str(sizes[loc] - offset)
+        for e in tensor.external_data:
+            if e.key in new:
+                e.value = new.pop(e.key)
+        for key, value in new.items():
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+    Path(model_out).write_bytes(proto.SerializeToString())
 
 
 def save_model(proto, path: Path, external: bool | None = None) -> list[Path]:
@@ -63,8 +182,8 @@ def load_user_file(path: Path, dest: Path) -> Path:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends
-        raise NboptError(f"'{path}' is not a readable ONNX model ({type(exc).__name__}: "
-                         f"{one_line(exc, with_type=False)}); the file may be truncated or not an .onnx file.") from exc
+        raise NboptError(f"'{path}' is not a readable ONNX model ("
+                         f"{one_line(exc)}); the file may be truncated or not an .onnx file.") from exc
     if not proto.graph.node:
         raise NboptError(f"'{path}' holds no ONNX graph (zero nodes): the file is empty or not an ONNX model.")
     copied = dest / path.name
@@ -131,7 +250,7 @@ def export_torch(model: Any, example: dict[str, np.ndarray], single_input: bool,
     except Exception as exc:  # noqa: BLE001
         raise CandidateError(f"torch.onnx could not export this model: the dynamo exporter failed "
                          f"({dynamo_error[:300]}) and the TorchScript exporter failed too "
-                         f"({type(exc).__name__}: {one_line(exc, 300, with_type=False)}).") from exc
+                         f"({one_line(exc, 300)}).") from exc
     return path, f"exported with the TorchScript exporter because the dynamo exporter failed ({dynamo_error[:200]})"
 
 

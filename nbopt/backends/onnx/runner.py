@@ -101,8 +101,7 @@ class OrtRunner:
         try:
             self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise CandidateError(f"onnxruntime cannot load this model ({type(exc).__name__}: "
-                                 f"{one_line(exc, 300, with_type=False)}).") from exc
+            raise CandidateError(f"onnxruntime cannot load this model ({one_line(exc, 300, with_type=True)}).") from exc
         self.graph = [GraphInput(i.name, np.dtype(ORT_TO_NUMPY.get(i.type, np.float32)),
                                  tuple(d if isinstance(d, int) else None for d in (i.shape or ())))
                       for i in self.session.get_inputs()]

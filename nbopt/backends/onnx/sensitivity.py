@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ...errors import one_line
+
 # op types whose constant weight onnxruntime.quantization turns into int8
 WEIGHT_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose", "Gather")
 
@@ -64,7 +66,7 @@ def sensitivity_table(nodes: list[dict], quantize_one: Callable[[str, Path], Non
             err = None
         except Exception as exc:  # noqa: BLE001 - one node that cannot be quantized alone is reported
             fid = {"rel_error": np.nan, "cosine": np.nan, "max_abs_diff": np.nan}
-            err = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+            err = one_line(exc, 200, with_type=True)
         finally:
             for f in workdir.glob(f"sens_{k}.onnx*"):
                 f.unlink()

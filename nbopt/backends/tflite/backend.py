@@ -26,7 +26,7 @@ from ...errors import CandidateError, NboptError, one_line
 from ...quiet import quiet
 from ...recipes import Recipe
 from ..base import Artifact, Backend, Context
-from ..common import hash_arrays, hash_files, hash_torch_module, versions
+from ..common import hash_arrays, versions
 from .convert import convert, is_keras, is_torch, keras_converter, make_artifact, torch_to_tflite
 from .runner import (TensorSpec, TFLiteRunner, clean_name, check_data, import_tf,
                             interpreter_class, map_inputs)
@@ -110,7 +110,7 @@ class TFLiteBackend(Backend):
                 raise
             except Exception as exc:  # noqa: BLE001
                 raise NboptError(f"The LiteRT interpreter could not run this model on the given data "
-                                 f"({type(exc).__name__}: {one_line(exc, 300, with_type=False)}).") from exc
+                                 f"({one_line(exc, 300)}).") from exc
         return prep
 
     def _keras(self, model, example, note: str) -> TFLitePrepared:
@@ -128,18 +128,9 @@ class TFLiteBackend(Backend):
         except CandidateError as exc:
             raise NboptError(str(exc)) from exc
 
-    def fingerprint(self, model: Any) -> str:
-        if isinstance(model, (str, Path)):
-            p = Path(model)
-            files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-            return hash_files(files, "tflite-path")
-        if is_keras(model):
-            try:
-                structure = model.to_json()
-            except Exception:  # noqa: BLE001  (subclassed models)
-                structure = type(model).__qualname__ + repr([w.shape for w in model.weights])
-            return hash_arrays([np.asarray(w) for w in model.get_weights()], "keras:" + structure)
-        return hash_torch_module(model, "tflite<-torch")
+    def fingerprint(self, prepared: TFLitePrepared) -> str:
+        # the fp32 flatbuffer holds the whole graph and every weight (the converter is deterministic)
+        return hash_arrays([np.frombuffer(prepared.fp32, np.uint8)], "tflite")
 
     def baseline(self, prepared: TFLitePrepared, ctx: Context) -> Artifact:
         how = {"tflite": "", "torch": "fp32, "}.get(prepared.kind, "fp32, TFLite converter; ")

@@ -81,7 +81,7 @@ def torch_to_tflite(model, data, workdir: Path) -> tuple[bytes, str]:
             edge.export(str(out))
     except Exception as exc:  # noqa: BLE001
         raise CandidateError(f"litert-torch could not convert this PyTorch model to TFLite "
-                         f"({type(exc).__name__}: {one_line(exc, 300, with_type=False)}).") from exc
+                         f"({one_line(exc, 300)}).") from exc
     return out.read_bytes(), f"litert-torch {versions('litert-torch').get('litert_torch')}"
 
 
@@ -100,5 +100,5 @@ def make_artifact(data: bytes, ctx: Context, stem: str, notes: str, **info) -> A
             summary, report = write_report(path)
         info["delegates"], info["delegate_report"] = summary, str(report)
     except Exception as exc:  # noqa: BLE001  (a report that fails must not fail the candidate)
-        info["delegates"] = f"no report ({type(exc).__name__}: {one_line(exc, 120, with_type=False)})"
+        info["delegates"] = f"no report ({one_line(exc, 120)})"
     return Artifact(path=path, format="tflite", files=[path], notes=notes, info=info)

@@ -140,7 +140,7 @@ class TFLiteRunner:
             raise
         except Exception as exc:  # noqa: BLE001
             raise CandidateError(f"The LiteRT interpreter cannot load this model "
-                                 f"({type(exc).__name__}: {one_line(exc, 300, with_type=False)}).") from exc
+                                 f"({one_line(exc, 300)}).") from exc
         dynamic = all(len(s.shape) > 0 and s.shape[0] == -1 for s in self.inputs)
         self.max_batch = None if dynamic else 1
         self._shapes = {s.index: None for s in self.inputs}

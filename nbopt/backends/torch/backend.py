@@ -19,8 +19,8 @@ from ...errors import CandidateError, NboptError, library_failure, one_line
 from ...quiet import quiet
 from ...recipes import Recipe
 from ..base import Artifact, Backend, Context
-from ..common import hash_files, hash_torch_module, versions
-from .convert import build_artifact
+from ..common import hash_exported_program, versions
+from .convert import build_artifact, export_static
 from .runner import Positional, first_output, import_torch, import_torchao, load, to_tensors
 
 
@@ -59,7 +59,7 @@ class TorchBackend(Backend):
         try:
             model = copy.deepcopy(model)
         except Exception as exc:  # noqa: BLE001
-            raise NboptError(f"nbopt could not copy the model ({type(exc).__name__}: {exc}); it must be "
+            raise NboptError(f"nbopt could not copy the model ({one_line(exc)}); it must be "
                              "deep-copyable so that the original stays untouched.") from exc
         model = model.cpu().eval()
         inputs = data.example(1)
@@ -75,10 +75,10 @@ class TorchBackend(Backend):
             raise NboptError(_mismatch(model, ordered, data.single_input, exc)) from exc
         return TorchPrepared(model, names, data.single_input, ordered, module)
 
-    def fingerprint(self, model: Any) -> str:
-        if isinstance(model, (str, Path)):
-            return hash_files([Path(model)], "torch-pt2")
-        return hash_torch_module(model, "torch")
+    def fingerprint(self, prepared: TorchPrepared) -> str:
+        with quiet():
+            program = export_static(prepared.module, prepared.args)
+        return hash_exported_program(program, "torch")
 
     def warm_imports(self) -> None:
         """Import the runtimes (the memory probe subtracts what they cost before loading an artifact)."""
