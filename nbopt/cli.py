@@ -120,15 +120,16 @@ def run_optimize(args: argparse.Namespace) -> int:
     recipes = parse_recipes_arg(args.recipes)
     backends = split_list(args.backends) if args.backends else None
     export = _export_path(args.export, args.overwrite)
-    study = _study(args, recipes, backends)
-    study.run()
-    print_table(study.results, metric=study.metric.name)
-    if args.report:
-        print(f"Report: {study.to_html(Path(args.report))}")
-    if study.stopped:
-        print("nbopt: the sweep was interrupted; the finished candidates are kept in the store.", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    return _gate_and_export(study, args.max_drop, export)
+    with _study(args, recipes, backends) as study:  # its scratch space goes when the command ends
+        study.run()
+        print_table(study.results, metric=study.metric.name)
+        if args.report:
+            print(f"Report: {study.to_html(Path(args.report))}")
+        if study.stopped:
+            print("nbopt: the sweep was interrupted; the finished candidates are kept in the store.",
+                  file=sys.stderr)
+            return EXIT_INTERRUPTED
+        return _gate_and_export(study, args.max_drop, export)
 
 
 def _study(args: argparse.Namespace, recipes: list | None, backends: list[str] | None):

@@ -28,7 +28,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 LABEL_NAMES = ("label", "labels", "target", "y")
 SINGLE_INPUT = "input"
 _TABULAR_SUFFIXES = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".json": "json", ".jsonl": "json"}
-_scratch: Path | None = None
 
 
 @dataclass
@@ -80,6 +79,27 @@ class Data:
         if self.streaming:
             return np.concatenate([lab for _, lab in self.batches(1024)])
         return np.asarray(self.ds[self.label_name])
+
+    @property
+    def string_labels(self) -> bool:
+        """True when the labels are class names rather than class indices."""
+        if not self.label_name:
+            return False
+        first = next(self.batches(1))[1]
+        return first is not None and first.dtype.kind in "USO"
+
+    def with_label_ids(self, names: list[str], role: str) -> "Data":
+        """The same examples with class-name labels turned into indices into ``names``."""
+        index = {str(n): i for i, n in enumerate(names)}
+        unknown = sorted({str(v) for v in self.labels()} - set(index))
+        if unknown:
+            shown = ", ".join(map(repr, unknown[:5])) + (", ..." if len(unknown) > 5 else "")
+            raise NboptError(f"The {role} labels {shown} are not among the {len(names)} class names given "
+                             f"({', '.join(map(repr, list(names)[:5]))}{', ...' if len(names) > 5 else ''}).")
+        label = self.label_name
+        with _quiet_datasets():
+            ds = self.ds.with_format(None).map(lambda b: {label: [index[str(v)] for v in b[label]]}, batched=True)
+        return Data(ds.with_format("numpy"), self.input_names, label, _hash_text(self.fingerprint, "ids", *names))
 
     def sample(self, n: int, seed: int = 0) -> "Data":
         """``n`` examples, seeded, stratified by label when labels exist (calibration sampling)."""
@@ -306,6 +326,8 @@ def _feature(name: str, value: np.ndarray):
 
     value = np.asarray(value)
     dtype = str(value.dtype)
+    if value.ndim == 0 and value.dtype.kind in "USO":  # a class name as label
+        return datasets.Value("string")
     if value.ndim == 0:
         return datasets.Value(dtype)
     if value.ndim == 1:
@@ -473,9 +495,8 @@ def _hash_text(*parts: Any) -> str:
 
 
 def _scratch_dir() -> Path:
-    """A per-process folder for Arrow files of in-memory data; removed at exit."""
-    global _scratch
-    if _scratch is None:
-        _scratch = Path(tempfile.mkdtemp(prefix="nbopt-data-"))
-        atexit.register(shutil.rmtree, _scratch, ignore_errors=True)
-    return _scratch
+    """A folder for the Arrow files of in-memory data: under the study's store while a study loads its
+    data, else in the system temp folder (removed at exit)."""
+    from .store import scratch_dir
+
+    return scratch_dir("data")

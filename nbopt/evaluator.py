@@ -55,10 +55,11 @@ def run_all(runner: Runner, data: Data, batch_size: int) -> np.ndarray:
     return np.concatenate(outputs)
 
 
-def score(metric: Metric, outputs: np.ndarray, data: Data, reference: np.ndarray | None) -> float:
+def score(metric: Metric, outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None) -> float:
+    """The metric's value: against the labels, or against the baseline's outputs for cosine/agreement."""
     if metric.vs_baseline:
         return metric(outputs, reference if reference is not None else outputs)
-    return metric(outputs, data.labels())
+    return metric(outputs, labels)
 
 
 def latency(runner: Runner, example: dict[str, np.ndarray], cfg: LatencySettings) -> tuple[float, float]:

@@ -38,6 +38,8 @@ _BODY_KEYS = {
     "store": "store",
     "n_calib": "n_calib",
     "seed": "seed",
+    "batch_size": "batch_size",
+    "labels": "labels",
 }
 
 
@@ -189,10 +191,14 @@ def _check(key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise bad("a number >= 0, e.g. 0.01")
         return float(value)
-    if key in ("n_calib", "seed"):
-        if isinstance(value, bool) or not isinstance(value, int) or (key == "n_calib" and value < 1):
-            raise bad("a positive integer" if key == "n_calib" else "an integer")
+    if key in ("n_calib", "seed", "batch_size"):
+        if isinstance(value, bool) or not isinstance(value, int) or (key != "seed" and value < 1):
+            raise bad("an integer" if key == "seed" else "a positive integer")
         return value
+    if key == "labels":
+        if not (isinstance(value, list) and value and all(isinstance(v, (str, int)) for v in value)):
+            raise bad("a list of class names in the order of the model's outputs, e.g. [cat, dog]")
+        return [str(v) for v in value]
     return value
 
 

@@ -5,14 +5,16 @@ import html
 from pathlib import Path
 
 from .schema import TABLE_COLUMNS
+from .stats import drop_text
 
 
 def write_report(study, path: Path) -> Path:
     fig = study.plot()
     plot_html = fig.to_html(full_html=False, include_plotlyjs=True)
     df = study.results
-    table = df[[c for c in TABLE_COLUMNS if c in df.columns]].to_html(index=False, na_rep="", float_format=_fmt,
-                                                                         classes="results", border=0)
+    shown = df[[c for c in TABLE_COLUMNS if c in df.columns]].copy()
+    shown["accuracy_drop"] = [drop_text(r, study.metric) for r in df.to_dict("records")]
+    table = shown.to_html(index=False, na_rep="", float_format=_fmt, classes="results", border=0)
     best = study.best()
     summary = (f"Best within the budget: <b>{html.escape(best.name)}</b>" if best else "No candidate fits the budget.")
     page = f"""<!doctype html>
@@ -23,7 +25,9 @@ table.results td,table.results th{{padding:4px 8px;border-bottom:1px solid #ddd;
 <h1>nbopt report</h1>
 <p>Metric: <b>{html.escape(study.metric.name)}</b>. Sizes are bytes on disk of the exported files; latency is the
 median of timed batch-{study.latency.batch_size} runs after warm-up; peak memory is the RSS growth of loading and
-running the artifact in a fresh process. {summary}</p>
+running the artifact in a fresh process. Drops are against the same backend's baseline (positive = worse);
+the brackets are the drop's 95 % paired bootstrap interval over the evaluation examples: one that holds 0 may be
+noise. {summary}</p>
 {plot_html}
 <h2>Results</h2>
 {table}

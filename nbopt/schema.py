@@ -13,7 +13,7 @@ from typing import Any
 @dataclass(frozen=True)
 class Column:
     name: str
-    type: str  # "str", "int", "float", "bool", "dict"
+    type: str  # "str", "int", "float", "bool", "dict", "list"
     meaning: str
 
 
@@ -31,6 +31,10 @@ COLUMNS: tuple[Column, ...] = (
                                            "compressed file: pruning)"),
     Column("accuracy", "float", "the study's metric on the evaluation data, whatever the metric is"),
     Column("accuracy_drop", "float", "drop against the same backend's baseline (positive = worse)"),
+    Column("accuracy_drop_low", "float", "lower end of the drop's 95 % paired bootstrap interval over the "
+                                         "evaluation examples"),
+    Column("accuracy_drop_high", "float", "upper end of that interval; best(budget_on='upper') holds it to "
+                                          "the budget"),
     Column("latency_ms", "float", "median of timed runs after warm-up, in the artifact's own runtime"),
     Column("latency_p90_ms", "float", "90th percentile of the same runs"),
     Column("peak_memory_mb", "float", "peak RSS growth of loading and running the artifact, fresh process"),
@@ -40,6 +44,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("artifact_path", "str", "the deployable file in the store"),
     Column("log", "str", "the candidate's captured library output (converters, runtimes)"),
     Column("build_seconds", "float", "seconds to build and measure the candidate"),
+    Column("per_class", "list", "per class of integer labels: class, n, accuracy, baseline, drop; biggest loss "
+                                "first (top 50)"),
+    Column("size_breakdown", "dict", "bytes by dtype, the largest tensors, the file's segments, notes"),
 )
 COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 
@@ -77,8 +84,9 @@ EVENTS: dict[str, tuple[str, ...]] = {
 TABLE_COLUMNS = ("name", "status", "format", "size_bytes", "size_ratio", "size_compressed_bytes", "accuracy",
                  "accuracy_drop", "latency_ms", "latency_p90_ms", "peak_memory_mb", "threads", "notes", "error")
 # what a model card records about the candidate's measurements
-CARD_METRICS = ("size_bytes", "size_ratio", "size_compressed_bytes", "accuracy", "accuracy_drop", "latency_ms",
-                "latency_p90_ms", "peak_memory_mb", "threads", "batch_size")
+CARD_METRICS = ("size_bytes", "size_ratio", "size_compressed_bytes", "accuracy", "accuracy_drop",
+                "accuracy_drop_low", "accuracy_drop_high", "latency_ms", "latency_p90_ms", "peak_memory_mb",
+                "threads", "batch_size")
 
 
 def empty_row(name: str, backend: str, recipe: str, params: dict) -> dict:

@@ -28,7 +28,8 @@ from .pareto import OBJECTIVES, pareto_mask, resolve
 from .quiet import candidate_log, quiet, write_log
 from .recipes import MONOTONE_PARAMS, RECIPES, Recipe, missing_calib, parse_recipes
 from .schema import COLUMN_NAMES, FAILED, OK, SKIPPED, empty_row, info_columns, public
-from .store import Store, candidate_key
+from .stats import label_names, row_columns
+from .store import Store, StoreWriteError, candidate_key, scratch_in
 
 BASELINE = Recipe("baseline")
 _LAST: "Study | None" = None  # the study of the last run(), finished or interrupted (see last_study)
@@ -69,7 +70,7 @@ class Study:
                  max_accuracy_drop: float | None = None, store: str | Path | None = ".nbopt",
                  objectives: Sequence[str] = ("size", "accuracy"), n_calib: int = 256, seed: int = 0,
                  callbacks: Iterable[Callback] = (), progress: bool = True, measure_memory: bool = True,
-                 latency: LatencySettings | None = None, batch_size: int = 1):
+                 latency: LatencySettings | None = None, batch_size: int = 1, labels: Sequence[str] | None = None):
         if not backends:
             model_kind(model)  # an unusable model is the first thing to say (named backends check it below)
         self.metric: Metric = get_metric(metric)
@@ -84,16 +85,12 @@ class Study:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise NboptError(f"batch_size must be a positive integer (the batch the phone runs), got {batch_size!r}.")
         self.latency = latency or LatencySettings(batch_size=batch_size)
-        self.eval_data: Data = load(eval, role="eval")
-        if self.metric.needs_labels and not self.eval_data.has_labels:
-            raise NboptError(f"Metric '{self.metric.name}' needs labels but the eval data has none: pass "
-                             "(inputs, labels) or use metric='agreement' / 'cosine' to compare with the baseline.")
-        self.calib_data: Data | None = load(calib, role="calib").sample(n_calib, seed) if calib is not None else None
-        _check_same_inputs(self.calib_data, self.eval_data)
         self.backends: dict[str, Backend] = self._backends(model, backends)
         self.model = model
         self.store = Store(store if store is not None else _tempdir())  # None: a folder removed at exit
-        self._prepared, self._unusable = self._prepare(model)
+        with scratch_in(self.store):  # Arrow files of in-memory data, exported models: under the store
+            self._load_data(model, calib, eval, n_calib, labels)
+            self._prepared, self._unusable = self._prepare(model)
         self._model_fp = self._fingerprints()
         self.plan: list[Planned] = self._plan(parse_recipes(recipes))
         self.candidates: list[Candidate] = []
@@ -105,6 +102,18 @@ class Study:
         self.sensitivity: dict[str, Any] = {}
 
     # -- set-up ----------------------------------------------------------------------------------
+    def _load_data(self, model: Any, calib: Any, eval: Any, n_calib: int, labels: Sequence[str] | None) -> None:
+        self.eval_data: Data = load(eval, role="eval")
+        if self.metric.needs_labels and not self.eval_data.has_labels:
+            raise NboptError(f"Metric '{self.metric.name}' needs labels but the eval data has none: pass "
+                             "(inputs, labels) or use metric='agreement' / 'cosine' to compare with the baseline.")
+        self.calib_data: Data | None = load(calib, role="calib").sample(n_calib, self.seed) if calib is not None else None
+        self.eval_data, self.calib_data, names = _label_ids(model, labels, self.metric, self.eval_data,
+                                                            self.calib_data)
+        _check_same_inputs(self.calib_data, self.eval_data)
+        self._eval_labels = self.eval_data.labels() if self.eval_data.has_labels else None  # read once
+        self.class_names = names or label_names(self.eval_data)
+
     def _backends(self, model: Any, names: Sequence[str] | None) -> dict[str, Backend]:
         if isinstance(names, str):
             names = [names]
@@ -195,6 +204,17 @@ class Study:
         """End the sweep after the running candidate; everything finished is kept."""
         self._stop.set()
 
+    def close(self) -> None:
+        """Remove this study's scratch space from the store (it also goes when the study is garbage
+        collected or the process exits); finished artifacts stay. The study cannot run again after."""
+        self.store.close()
+
+    def __enter__(self) -> "Study":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def start(self):
         """Run the sweep in a background thread; returns its handle (``wait()``, ``stop()``, ``error``)."""
         from .sweep import BackgroundSweep
@@ -269,19 +289,31 @@ class Study:
         backend = self.backends[item.backend]
         # No metric in the key: outputs are stored and the metric is recomputed from them on every run.
         return candidate_key(model=self._model_fp[item.backend], calib=getattr(self.calib_data, "fingerprint", None),
-                             eval=self.eval_data.fingerprint, backend=item.backend, recipe=item.recipe.name, params=item.recipe.params_json(),
+                             eval=self.eval_data.fingerprint, backend=item.backend, recipe=item.recipe.name,
+                             params=item.recipe.params_json(),
                              versions=backend.versions(), nbopt=__version__, latency=vars(self.latency),
                              memory=self.measure_memory)
 
     def _build(self, item: Planned) -> dict:
-        """Reuse a stored row, or build the artifact, measure it and store the row."""
+        """Reuse a stored row, or build the artifact, measure it and store the row. The key's lock is held
+        throughout, so a second process on the same store waits and then reuses this row."""
         key = self._key(item)
+        with self.store.lock(key):
+            cached = self.store.get(key)  # ok rows only: failed and skipped ones are built again
+            if cached is not None:
+                self._emit("candidate_started", self._started(item, cached=True))
+                return self._scored(item, cached)
+            self._emit("candidate_started", self._started(item, cached=False))
+            row = self._measured(item, key)
+            try:
+                self.store.put(key, row)
+            except StoreWriteError as exc:  # the row stays in this study; only its reuse is lost
+                row["notes"] = "; ".join(p for p in (row.get("notes"), f"not stored: {one_line(exc)}") if p)
+        return self._scored(item, row)
+
+    def _measured(self, item: Planned, key: str) -> dict:
+        """Build and measure one candidate; any failure is the row's error (its traceback in the log)."""
         store = self.store
-        cached = store.get(key)
-        if cached is not None:
-            self._emit("candidate_started", self._started(item, cached=True))
-            return self._scored(item, cached)
-        self._emit("candidate_started", self._started(item, cached=False))
         row = _empty_row(item)
         workdir = store.workdir()
         log = store.log_path(key)
@@ -303,8 +335,7 @@ class Study:
                 write_log(traceback.format_exc())
                 row.update(status=FAILED, error=one_line(exc))
         row["build_seconds"] = round(time.perf_counter() - t0, 3)
-        store.put(key, row)
-        return self._scored(item, row)
+        return row
 
     def _artifact(self, item: Planned, workdir: Path) -> Artifact:
         backend = self.backends[item.backend]
@@ -343,7 +374,7 @@ class Study:
         if item.recipe is BASELINE:
             self._baseline_outputs[item.backend] = outputs
         try:
-            value = score(self.metric, outputs, self.eval_data, self._baseline_outputs.get(item.backend))
+            value = score(self.metric, outputs, self._eval_labels, self._baseline_outputs.get(item.backend))
         except Exception as exc:  # noqa: BLE001 - a metric that breaks fails this row, not the sweep
             return {**row, "status": FAILED, "error": f"The metric failed: {one_line(exc)}"}
         if not np.isfinite(value):
@@ -351,6 +382,10 @@ class Study:
         row["accuracy"] = value
         if item.recipe is BASELINE:
             row["accuracy_drop"] = 0.0
+        base = self._baseline_outputs.get(item.backend)
+        if base is not None:  # is the drop real? the interval, and which classes lost
+            row.update(row_columns(self.metric, outputs, base, self._eval_labels, self.class_names,
+                                   with_interval=item.recipe is not BASELINE, seed=self.seed))
         return row
 
     def _started(self, item: Planned, cached: bool) -> dict:
@@ -423,10 +458,13 @@ class Study:
         return ok[mask].sort_values(cols[0][0])
 
     def best(self, max_accuracy_drop: float | None = None, objective: str = "size",
-             backend: str | None = None) -> Candidate | None:
+             backend: str | None = None, budget_on: str = "drop") -> Candidate | None:
         """The smallest (or fastest, ...) measured candidate within the accuracy budget, of one backend if
-        ``backend`` is given; None if none fits."""
+        ``backend`` is given; None if none fits. ``budget_on="upper"`` holds the upper end of the drop's
+        95 % interval to the budget instead of the drop itself (a drop that may be worse than it looks)."""
         budget = self.max_accuracy_drop if max_accuracy_drop is None else max_accuracy_drop
+        if budget_on not in ("drop", "upper"):
+            raise NboptError(f"budget_on is {budget_on!r}; allowed: 'drop', 'upper'.")
         if objective not in OBJECTIVES or objective == "accuracy":
             known = ", ".join(o for o in OBJECTIVES if o != "accuracy")
             raise NboptError(f"Unknown objective '{objective}' for best(); known objectives: {known}.")
@@ -440,7 +478,10 @@ class Study:
                 continue
             if backend is not None and r["backend"] != backend:
                 continue
-            if budget is not None and (r.get("accuracy_drop") or 0.0) > budget:
+            drop = r.get("accuracy_drop") or 0.0
+            if budget_on == "upper" and r.get("accuracy_drop_high") is not None:
+                drop = r["accuracy_drop_high"]
+            if budget is not None and drop > budget:
                 continue
             if best is None or self._better(r, best.row, column):
                 best = cand
@@ -496,6 +537,25 @@ def _check_same_inputs(calib: Data | None, eval_data: Data) -> None:
         if c[name].shape[1:] != e[name].shape[1:]:
             raise NboptError(f"Calibration examples of '{name}' have shape {c[name].shape[1:]} but evaluation "
                              f"examples have {e[name].shape[1:]}: give both in the model's input shape.")
+
+
+def _label_ids(model: Any, names: Sequence[str] | None, metric: Metric, eval_data: Data,
+               calib: Data | None) -> tuple[Data, Data | None, list[str] | None]:
+    """Class-name labels become class indices, from ``labels=`` or the model's own ``config.id2label``."""
+    if not eval_data.string_labels and not (calib is not None and calib.string_labels):
+        return eval_data, calib, [str(n) for n in names] if names is not None else None
+    if names is None:
+        id2label = getattr(getattr(model, "config", None), "id2label", None)
+        names = [id2label[i] for i in sorted(id2label)] if isinstance(id2label, dict) and id2label else None
+    if names is None:
+        if metric.fn.__module__ != "nbopt.metrics":
+            return eval_data, calib, None  # the user's own metric gets the names as they are
+        raise NboptError("The labels are class names, not class indices: pass labels=[...] with the class "
+                         "names in the order of the model's outputs (or give integer labels).")
+    names = [str(n) for n in names]
+    fixed = [d.with_label_ids(names, role) if d is not None and d.string_labels else d
+             for d, role in ((eval_data, "eval"), (calib, "calib"))]
+    return fixed[0], fixed[1], names
 
 
 def _empty_row(item: Planned) -> dict:

@@ -25,6 +25,33 @@ for _name, _cls in FAKE_BACKENDS.items():  # tests/ is on sys.path (rootdir conf
     register_backend(_name, "fake_backend", _cls, probe="numpy")
 
 
+# ------------------------------------------------------------------------------------------ tiers
+def pytest_ignore_collect(collection_path, config):
+    """``-m "not slow"``: a test module marked slow as a whole (a module-level ``pytestmark`` naming
+    ``slow``) is not imported at all, which saves importing torch / TensorFlow / ONNX just to deselect it
+    (half the fast tier's time on 2 cores). Any other ``-m`` expression collects as usual."""
+    if " ".join(str(config.getoption("markexpr") or "").split()) != "not slow":
+        return None
+    if collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    return True if _marked_slow(collection_path) else None
+
+
+def _marked_slow(path: Path) -> bool:
+    import ast
+
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return False  # let pytest collect it and report the problem
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in targets):
+                return any(isinstance(n, ast.Attribute) and n.attr == "slow" for n in ast.walk(node.value))
+    return False
+
+
 # ------------------------------------------------------------------------------------------ fake tier
 @pytest.fixture(scope="session")
 def fake_data():
@@ -54,8 +81,10 @@ def quick_latency(monkeypatch):
     import nbopt.study
     from nbopt.evaluator import LatencySettings
 
-    monkeypatch.setattr(nbopt.study, "LatencySettings",
-                        lambda: LatencySettings(warmup=1, min_runs=5, min_seconds=0.0))
+    def quick(**given):  # what the study sets itself (batch_size, ...) is kept
+        return LatencySettings(**{"warmup": 1, "min_runs": 5, "min_seconds": 0.0, **given})
+
+    monkeypatch.setattr(nbopt.study, "LatencySettings", quick)
 
 
 @pytest.fixture(scope="session", autouse=True)

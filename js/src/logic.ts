@@ -20,6 +20,8 @@ export interface Row {
   size_compressed_bytes?: number | null;
   accuracy?: number | null;
   accuracy_drop?: number | null;
+  accuracy_drop_low?: number | null;
+  accuracy_drop_high?: number | null;
   latency_ms?: number | null;
   latency_p90_ms?: number | null;
   peak_memory_mb?: number | null;
@@ -29,6 +31,8 @@ export interface Row {
   artifact_path?: string | null;
   log?: string | null;
   build_seconds?: number | null;
+  per_class?: Array<Record<string, unknown>> | null;
+  size_breakdown?: Record<string, unknown> | null;
 }
 
 /** A column of a row by name, listed in `Row` or not (extra columns the kernel sends). */
@@ -279,6 +283,51 @@ export function formatDrop(d: number | null | undefined, metric: string): string
   return `${amount} ${d > 0 ? "worse" : "better"}`;
 }
 
+/** One end of a drop's interval, signed ("+0.70", "−0.41", "0.00"; positive = worse), in pp for percent metrics. */
+export function formatSignedDrop(d: number | null | undefined, metric: string): string {
+  if (!isNum(d)) return "–";
+  const a = Math.abs(d);
+  const text = PERCENT_METRICS.has(metric) ? (a * 100).toFixed(2) : String(Number(a.toPrecision(3)));
+  if (Number(text) === 0) return text;
+  return (d > 0 ? "+" : "\u2212") + text;
+}
+
+/** The drop's 95 % interval as "[−0.41, +0.70]"; "" when it was not measured. */
+export function formatDropInterval(low: number | null | undefined, high: number | null | undefined, metric: string): string {
+  if (!isNum(low) || !isNum(high)) return "";
+  return `[${formatSignedDrop(low, metric)}, ${formatSignedDrop(high, metric)}]`;
+}
+
+/** A row's drop with its interval when it has one: "0.19 pp worse [−0.41, +0.70]" (as `nbopt.stats.drop_text`). */
+export function formatRowDrop(row: Row, metric: string): string {
+  const drop = formatDrop(row.accuracy_drop, metric);
+  const interval = isNum(row.accuracy_drop) ? formatDropInterval(row.accuracy_drop_low, row.accuracy_drop_high, metric) : "";
+  return interval ? `${drop} ${interval}` : drop;
+}
+
+/** Whether the drop may be noise: its interval holds 0 (null: no interval, or no drop: the baseline). */
+export function dropIsNoise(row: Row): boolean | null {
+  const { accuracy_drop_low: low, accuracy_drop_high: high } = row;
+  if (!isNum(low) || !isNum(high) || isBaseline(row)) return null;
+  return low <= 0 && high >= 0;
+}
+
+/** What a drop cell's interval means (its tooltip); "" without one. */
+export function dropTitle(row: Row): string {
+  const noise = dropIsNoise(row);
+  if (noise === null) return "";
+  return (
+    "95 % interval of the drop against the baseline (paired bootstrap over the evaluation examples; positive = worse). " +
+    (noise ? "It holds 0: the difference may be noise." : "It excludes 0: the difference is real.")
+  );
+}
+
+/** A column of a row as text; the drop comes with its interval. */
+export function rowCell(row: Row, column: string, metric: string): string {
+  if (column === "accuracy_drop" && isNum(row.accuracy_drop)) return formatRowDrop(row, metric);
+  return formatCell(column, field(row, column), metric);
+}
+
 /** The budget slider's value: the largest drop accepted. */
 export function formatBudget(d: number, metric: string): string {
   return PERCENT_METRICS.has(metric) ? `${(d * 100).toFixed(2)} pp` : `${Number(d.toPrecision(3))}`;
@@ -302,7 +351,13 @@ const KNOWN_COLUMNS = [
   "size_bytes", "size_compressed_bytes", "size_ratio", "latency_ms", "latency_p90_ms", "threads",
   "peak_memory_mb", "notes", "artifact_path",
 ];
-const HIDDEN_COLUMNS = new Set(["id"]);
+// id: internal; the drop's interval is shown with the drop; per_class and size_breakdown have their own blocks
+const HIDDEN_COLUMNS = new Set(["id", "accuracy_drop_low", "accuracy_drop_high", "per_class", "size_breakdown"]);
+
+/** The drop's label: "vs baseline", with "(95 % interval)" when the row has one. */
+function dropLabel(row: Row): string {
+  return dropIsNoise(row) === null ? "vs baseline" : "vs baseline (95 % interval)";
+}
 
 export function formatCell(column: string, v: unknown, metric: string): string {
   if (v === null || v === undefined || v === "") return "–";
@@ -329,7 +384,7 @@ export function describe(row: Row, metric: string): [string, string][] {
     const v = field(row, c);
     if (v === null || v === undefined || v === "") continue;
     if (c === "params" && formatParams(v as Record<string, unknown>) === "") continue;
-    out.push([c === "accuracy" ? metric : c === "accuracy_drop" ? "vs baseline" : c, formatCell(c, v, metric)]);
+    out.push([c === "accuracy" ? metric : c === "accuracy_drop" ? dropLabel(row) : c, rowCell(row, c, metric)]);
   }
   return out;
 }
@@ -356,10 +411,11 @@ export function hoverText(row: Row, metric: string): string {
   for (const [col, label] of HOVER_FIELDS) {
     const v = field(row, col);
     if (v === null || v === undefined || v === "") continue;
-    let t = formatCell(col, v, metric);
+    let t = rowCell(row, col, metric);
     if (col === "params" && t === "–") continue;
     if (t.length > 70) t = t.slice(0, 67) + "…";
-    lines.push(`${escapeHtml(label || metric)}: ${escapeHtml(t)}`);
+    const name = col === "accuracy_drop" ? dropLabel(row) : label || metric;
+    lines.push(`${escapeHtml(name)}: ${escapeHtml(t)}`);
   }
   return lines.join("<br>");
 }
@@ -412,4 +468,95 @@ export function sensitivitySummary(rows: SensRow[] | null | undefined): string {
   const n = (rows ?? []).length;
   if (!top) return n ? `${n} layers, none measured` : "";
   return `${n} layer${n === 1 ? "" : "s"}; most sensitive: ${top.node} (${top.op_type}, ${formatPercent(top.rel_error)})`;
+}
+
+// ----------------------------------------------------------------------------- per class
+
+/** One class of `Row.per_class`: accuracy of the candidate and of its baseline on that class. */
+export interface ClassRow {
+  cls: string;
+  n: number | null;
+  accuracy: number | null;
+  baseline: number | null;
+  drop: number | null; // baseline - accuracy: positive = the candidate lost on this class
+}
+
+/** The `n` classes that lost the most first (missing drops last), from a row's `per_class`. */
+export function perClassRows(pc: Array<Record<string, unknown>> | null | undefined, n = 10): ClassRow[] {
+  const num = (v: unknown) => (isNum(v) ? v : null);
+  return (Array.isArray(pc) ? pc : [])
+    .filter((r) => r !== null && typeof r === "object")
+    .map((r) => ({
+      cls: String(r["class"] ?? "?"),
+      n: num(r["n"]),
+      accuracy: num(r["accuracy"]),
+      baseline: num(r["baseline"]),
+      drop: num(r["drop"]),
+    }))
+    .map((r, i) => ({ r, i, key: r.drop ?? -Infinity }))
+    .sort((a, b) => b.key - a.key || a.i - b.i) // -Infinity - -Infinity is NaN: falls to the order given
+    .map((x) => x.r)
+    .slice(0, Math.max(0, n));
+}
+
+/** A class row's cells: class, n, accuracy, baseline, drop (in pp, "worse" / "better"). */
+export function formatClassRow(r: ClassRow): [string, string, string, string, string] {
+  return [r.cls, isNum(r.n) ? String(r.n) : "–", formatMetric(r.accuracy, "accuracy"), formatMetric(r.baseline, "accuracy"), formatDrop(r.drop, "accuracy")];
+}
+
+// ----------------------------------------------------------------------------- where the bytes go
+
+/** `Row.size_breakdown`: the artifact's bytes by dtype, its largest tensors, its segments, notes. */
+export interface SizeBreakdown {
+  total_bytes?: number;
+  by_dtype?: Record<string, number>;
+  largest?: Array<{ name?: string; dtype?: string; shape?: unknown; bytes?: number }>;
+  segments?: Record<string, number>;
+  notes?: string[];
+}
+
+const DTYPE_ORDER = ["fp32", "fp16", "bf16", "int8", "int4", "other"];
+
+/** Bytes by dtype on one line, the usual dtypes first, empty ones left out: "fp32 1.20 MB · int8 300 kB". */
+export function byDtypeLine(sb: SizeBreakdown | Record<string, unknown> | null | undefined): string {
+  const d = ((sb as SizeBreakdown | null)?.by_dtype ?? {}) as Record<string, unknown>;
+  const keys = Object.keys(d).sort((a, b) => {
+    const ia = DTYPE_ORDER.indexOf(a);
+    const ib = DTYPE_ORDER.indexOf(b);
+    return (ia < 0 ? 99 : ia) - (ib < 0 ? 99 : ib) || a.localeCompare(b);
+  });
+  return keys.filter((k) => isNum(d[k]) && (d[k] as number) > 0).map((k) => `${k} ${formatBytes(d[k] as number)}`).join(" · ");
+}
+
+/** A tensor's shape as "64×3×3×3" ("scalar" for []). */
+export function formatShape(shape: unknown): string {
+  if (Array.isArray(shape)) return shape.length ? shape.map(String).join("×") : "scalar";
+  return shape === null || shape === undefined ? "" : String(shape);
+}
+
+/** The `n` largest tensors, largest first, as [name, dtype, shape, size] cells. */
+export function largestTensors(sb: SizeBreakdown | Record<string, unknown> | null | undefined, n = 5): [string, string, string, string][] {
+  const list = (sb as SizeBreakdown | null)?.largest;
+  return (Array.isArray(list) ? list : [])
+    .filter((t) => t !== null && typeof t === "object")
+    .slice()
+    .sort((a, b) => (isNum(b.bytes) ? b.bytes : -1) - (isNum(a.bytes) ? a.bytes : -1))
+    .slice(0, Math.max(0, n))
+    .map((t) => [String(t.name ?? ""), String(t.dtype ?? ""), formatShape(t.shape), formatBytes(t.bytes)]);
+}
+
+/** The file's segments, largest first, on one line: "weights 1.20 MB · graph 30.0 kB". */
+export function segmentsLine(sb: SizeBreakdown | Record<string, unknown> | null | undefined): string {
+  const seg = ((sb as SizeBreakdown | null)?.segments ?? {}) as Record<string, unknown>;
+  return Object.entries(seg)
+    .filter(([, v]) => isNum(v))
+    .sort((a, b) => (b[1] as number) - (a[1] as number))
+    .map(([k, v]) => `${k} ${formatBytes(v as number)}`)
+    .join(" · ");
+}
+
+/** The breakdown's notes (strings only). */
+export function sizeNotes(sb: SizeBreakdown | Record<string, unknown> | null | undefined): string[] {
+  const notes = (sb as SizeBreakdown | null)?.notes;
+  return Array.isArray(notes) ? notes.filter((x): x is string => typeof x === "string" && x !== "") : [];
 }

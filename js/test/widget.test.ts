@@ -114,6 +114,35 @@ describe("render", () => {
     expect(data[0]).toBe((plotly.react.mock.calls[0][1] as any[])[0]);
   });
 
+  it("the drop shows its interval; the details show per-class accuracy and where the bytes go", async () => {
+    const extra = {
+      accuracy_drop: 0.0019, accuracy_drop_low: -0.0041, accuracy_drop_high: 0.007,
+      per_class: [{ class: "7", n: 50, accuracy: 0.88, baseline: 0.98, drop: 0.1 }, { class: "1", n: 54, accuracy: 1, baseline: 1, drop: 0 }],
+      size_breakdown: { total_bytes: 1_500_000, by_dtype: { fp32: 1_200_000, int8: 300_000 }, largest: [{ name: "fc.weight", dtype: "int8", shape: [512, 256], bytes: 131_072 }], segments: { weights: 1_500_000 }, notes: ["packed"] },
+    };
+    model.set("rows", [ROWS[0], row("1", "fp16", 200, 0.994, extra), ...ROWS.slice(2)]);
+    await settle();
+    const cell = el.querySelector<HTMLElement>(".nbopt-table tbody tr[data-id='1'] td:nth-child(5)")!;
+    expect(cell.textContent).toBe("0.19 pp worse [\u22120.41, +0.70]");
+    expect(cell.classList.contains("nbopt-drop-noise")).toBe(true);
+    expect(cell.title).toContain("may be noise");
+    model.set("selected", "1");
+    await settle();
+    const cells = [...el.querySelectorAll(".nbopt-perclass tr")].map((tr) => [...tr.children].map((c) => c.textContent));
+    expect(cells).toEqual([["class", "n", "accuracy", "baseline", "drop"], ["7", "50", "88.00 %", "98.00 %", "10.00 pp worse"], ["1", "54", "100.00 %", "100.00 %", "same"]]);
+    const bytes = el.querySelector(".nbopt-bytes")!;
+    expect(bytes.querySelector(".nbopt-subhead")!.textContent).toBe("Where the bytes go (1.50 MB)");
+    expect(bytes.querySelector(".nbopt-bytes-dtypes")!.textContent).toBe("fp32 1.20 MB · int8 300 kB");
+    expect(bytes.textContent).toContain("512×256");
+    expect(bytes.querySelector(".nbopt-bytes-segments")!.textContent).toBe("Segments: weights 1.50 MB");
+    expect(bytes.querySelector(".nbopt-bytes-notes")!.textContent).toBe("packed");
+    expect(el.querySelector(".nbopt-export")).not.toBeNull();
+    model.set("selected", "2"); // a row without them: no blocks
+    await settle();
+    expect(el.querySelector(".nbopt-perclass")).toBeNull();
+    expect(el.querySelector(".nbopt-bytes")).toBeNull();
+  });
+
   it("export_status updates the export line only, keeping the typed path", async () => {
     model.set("selected", "1");
     await settle();

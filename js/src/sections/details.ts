@@ -1,7 +1,7 @@
 // Details of the selected row, with Export for an ok row. Sets data-selected. `export_status` only
 // updates the export line: the path typed in stays.
 import { h, rebuiltListeners } from "../dom";
-import { describe } from "../logic";
+import { Row, byDtypeLine, describe, formatBytes, formatClassRow, largestTensors, perClassRows, segmentsLine, sizeNotes } from "../logic";
 import type { Section, View } from "../view";
 
 export interface DetailsSection extends Section {
@@ -53,6 +53,10 @@ export function detailsSection(v: View): DetailsSection {
     const close = h("button", { class: "nbopt-close", title: "Clear the selection" }, "×");
     close.addEventListener("click", () => v.select(row.id), on);
     const children: Node[] = [h("div", { class: "nbopt-details-head" }, h("b", {}, row.name), close), dl];
+    const perClass = perClassBlock(row);
+    if (perClass) children.push(perClass);
+    const bytes = bytesBlock(row);
+    if (bytes) children.push(bytes);
     if (row.status === "ok") {
       const path = h("input", { type: "text", class: "nbopt-export-path", placeholder: "path (empty: a default next to the study store)" });
       path.value = typed;
@@ -67,4 +71,42 @@ export function detailsSection(v: View): DetailsSection {
   }
 
   return { nodes: [el], update, updateExport, dispose: () => listeners.dispose() };
+}
+
+/** A small table: a header row and rows of text cells. */
+function miniTable(head: string[], rows: string[][]): HTMLTableElement {
+  const t = h("table", { class: "nbopt-mini" }, h("tr", {}, ...head.map((c) => h("th", {}, c))));
+  for (const r of rows) t.append(h("tr", {}, ...r.map((c) => h("td", {}, c))));
+  return t;
+}
+
+/** Per-class accuracy against the baseline, the classes that lost the most first (top 10); null without any. */
+function perClassBlock(row: Row): HTMLElement | null {
+  const all = Array.isArray(row.per_class) ? row.per_class.length : 0;
+  const rows = perClassRows(row.per_class, 10);
+  if (!rows.length) return null;
+  const head = `Per class: accuracy against the baseline, biggest loss first${all > rows.length ? ` (${rows.length} of ${all})` : ""}`;
+  return h(
+    "div",
+    { class: "nbopt-perclass" },
+    h("div", { class: "nbopt-subhead" }, head),
+    miniTable(["class", "n", "accuracy", "baseline", "drop"], rows.map(formatClassRow)),
+  );
+}
+
+/** Where the artifact's bytes go: by dtype, the largest tensors, the segments, notes; null without it. */
+function bytesBlock(row: Row): HTMLElement | null {
+  const sb = row.size_breakdown;
+  if (!sb || typeof sb !== "object") return null;
+  const total = formatBytes(sb["total_bytes"] as number);
+  const parts: Node[] = [h("div", { class: "nbopt-subhead" }, total === "–" ? "Where the bytes go" : `Where the bytes go (${total})`)];
+  const dtypes = byDtypeLine(sb);
+  if (dtypes) parts.push(h("div", { class: "nbopt-bytes-dtypes" }, dtypes));
+  const largest = largestTensors(sb, 5);
+  if (largest.length) parts.push(miniTable(["largest tensors", "dtype", "shape", "size"], largest));
+  const segments = segmentsLine(sb);
+  if (segments) parts.push(h("div", { class: "nbopt-bytes-segments" }, `Segments: ${segments}`));
+  const notes = sizeNotes(sb);
+  if (notes.length) parts.push(h("ul", { class: "nbopt-bytes-notes" }, ...notes.map((n) => h("li", {}, n))));
+  return h("div", { class: "nbopt-bytes" }, ...parts);
 }

@@ -1,7 +1,7 @@
 // The results table: every row, sortable by a click on a header (view-local state); a click on a row
 // selects it. A new selection or recommendation only moves the row classes; rows / metric rebuild it.
 import { h } from "../dom";
-import { SortDir, field, formatCell, isBaseline, sortRows } from "../logic";
+import { SortDir, dropIsNoise, dropTitle, field, isBaseline, rowCell, sortRows } from "../logic";
 import type { Section, View } from "../view";
 
 const TABLE_COLUMNS: [string, string][] = [
@@ -70,9 +70,13 @@ export function tableSection(v: View): TableSection {
       const tr = h("tr", { "data-id": r.id });
       if (r.status !== "ok") tr.classList.add("nbopt-row-failed");
       for (const [col] of TABLE_COLUMNS) {
-        let text = formatCell(col, field(r, col), metric);
+        let text = rowCell(r, col, metric);
         if (col === "name" && isBaseline(r)) text += " ★";
-        tr.append(h("td", { title: col === "notes" || col === "name" ? String(field(r, col) ?? "") : "" }, text));
+        const title = col === "notes" || col === "name" ? String(field(r, col) ?? "") : col === "accuracy_drop" ? dropTitle(r) : "";
+        const td = h("td", { title }, text);
+        // a drop whose interval holds 0 may be noise: drawn muted
+        if (col === "accuracy_drop" && dropIsNoise(r)) td.classList.add("nbopt-drop-noise");
+        tr.append(td);
       }
       body.append(tr);
     }

@@ -19,7 +19,7 @@ from ...quiet import quiet
 from ...recipes import Recipe
 from ..base import Artifact, Backend, Context
 from ..common import hash_files, versions
-from .convert import export_torch, load_user_file, model_files, new_tempdir, save_model
+from .convert import export_torch, load_user_file, model_files, new_tempdir, save_model, save_user_proto
 from .graph import normalize, weight_nodes_meta
 from .quant import CALIBRATION_METHODS, QUANT_TYPES, make_reader, node_aliases, ort_call
 from .runner import GraphInput, OrtRunner, graph_inputs, map_feeds, rebatch, static_batch
@@ -61,16 +61,27 @@ class OnnxBackend(Backend):
         return any(m.startswith(("onnx", "torch.nn")) for m in mods)
 
     def prepare(self, model: Any, example: Any) -> OnnxPrepared:
+        workdir = new_tempdir()
+        try:
+            return self._prepare(model, example, workdir)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+
+    def _prepare(self, model: Any, example: Any, workdir: Path) -> OnnxPrepared:
+        """``prepare`` in ``workdir``. The user's objects are left as they were: a file is only read (and only
+        inside its folder), a ModelProto is saved as is, a torch module is exported from a copy in eval mode."""
         import onnx
 
-        workdir = new_tempdir()
         if isinstance(model, (str, Path)):
             path = load_user_file(Path(model), workdir)
             source, note = "file", f"ONNX file {Path(model).name}"
         elif isinstance(model, onnx.ModelProto):
             path = workdir / "model.onnx"
             try:
-                save_model(model, path)
+                save_user_proto(model, path)
+            except NboptError:
+                raise
             except Exception as exc:
                 raise NboptError(f"Cannot save this onnx.ModelProto ({one_line(exc)}); "
                                  "if its weights live in external files, pass the .onnx path instead.") from exc

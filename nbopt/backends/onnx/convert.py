@@ -4,8 +4,10 @@ Imported only by the onnx backend modules (onnx, onnxruntime and torch are impor
 """
 from __future__ import annotations
 
+import copy
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path, PureWindowsPath
 from typing import Any, Iterator
 
@@ -87,14 +89,18 @@ def _inside(path: Path, root: Path) -> bool:
 def external_files(path: Path, proto=None) -> dict[str, Path]:
     """The external-data files of the .onnx at ``path``, by location, each checked to lie inside the model's
     folder (symlinks followed) BEFORE anything is read from it; any other location is one NboptError."""
-    path = Path(path)
+    return {loc: f for loc, (_, f) in _external_sources(Path(path), proto).items()}
+
+
+def _external_sources(path: Path, proto=None) -> dict[str, tuple[str, Path]]:
+    """location -> (the first tensor stored there, the file), every location confined to ``path``'s folder."""
     if proto is None:
         proto = _load_graph_only(path)
     root = path.parent
-    files: dict[str, Path] = {}
+    found: dict[str, tuple[str, Path]] = {}
     for name, _, entries in external_tensors(proto):
         loc = entries.get("location", "")
-        if loc in files:
+        if loc in found:
             continue
         where = Path(loc)
         if not loc or "\0" in loc or where.is_absolute() or PureWindowsPath(loc).anchor \
@@ -102,8 +108,30 @@ def external_files(path: Path, proto=None) -> dict[str, Path]:
             raise NboptError(f"ONNX model '{path.name}' stores tensor '{name}' at external-data location '{loc}', "
                              f"which is not inside the model's folder '{root}': nbopt reads only files next to "
                              "the model (move the data file there and save the model again).")
-        files[loc] = root / where
-    return files
+        found[loc] = (name, root / where)
+    return found
+
+
+def save_user_proto(proto, path: Path) -> list[Path]:
+    """Save a user's ``onnx.ModelProto`` at ``path`` without changing it (saving as external data rewrites
+    the proto it is given, so a copy is saved then). A tensor that points at an external file the proto
+    does not carry cannot be read from here: one NboptError, before anything is written. Locations in the
+    proto are never used: tensors it carries are saved as nbopt chooses, inside ``path``'s folder."""
+    import onnx
+
+    external = external_tensors(proto)
+    for name, tensor, entries in external:
+        if not tensor.HasField("raw_data"):
+            raise NboptError(f"This onnx.ModelProto keeps tensor '{name}' in external file "
+                             f"'{entries.get('location', '')}', which it does not carry: pass the .onnx path "
+                             "instead, or load it with onnx.load(path) (external data included).")
+    if external or proto.ByteSize() > 1_800_000_000:
+        proto, original = onnx.ModelProto(), proto
+        proto.CopyFrom(original)
+        for _, tensor, _ in external_tensors(proto):  # the data is in the proto: forget where it came from
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+    return save_model(proto, path)
 
 
 def _load_graph_only(path: Path):
@@ -172,34 +200,33 @@ def save_model(proto, path: Path, external: bool | None = None) -> list[Path]:
 
 
 def load_user_file(path: Path, dest: Path) -> Path:
-    """Check that ``path`` is a loadable ONNX model (external data present) and copy it into ``dest``."""
-    import onnx
-    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
-
+    """Check that ``path`` is a loadable ONNX model (external data present, and inside the model's folder)
+    and copy it into ``dest``. Every check is done before anything is copied."""
     path = Path(path)
     if not path.is_file():
         raise NboptError(f"ONNX model file '{path}' does not exist: check the path.")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise NboptError(f"'{path}' is not a readable ONNX model ("
-                         f"{one_line(exc)}); the file may be truncated or not an .onnx file.") from exc
+    proto = _load_graph_only(path)
     if not proto.graph.node:
         raise NboptError(f"'{path}' holds no ONNX graph (zero nodes): the file is empty or not an ONNX model.")
+    sources = _external_sources(path, proto)  # confined to path.parent, or one NboptError
+    targets = {}
+    for loc, (name, src) in sources.items():
+        if not src.is_file():
+            raise NboptError(f"ONNX model '{path.name}' stores tensor '{name}' in external data "
+                             f"file '{loc}', which is missing next to it in '{path.parent}': copy that "
+                             "file there too.")
+        target = dest / loc
+        if not _inside(target, dest) or target.resolve() == (dest / path.name).resolve():
+            raise NboptError(f"ONNX model '{path.name}' stores tensor '{name}' at external-data location "
+                             f"'{loc}', which nbopt cannot reproduce inside its own copy of the model's folder: "
+                             "keep the data files in the model's folder, without '..' in their names.")
+        targets[loc] = (src, target)
     copied = dest / path.name
     shutil.copyfile(path, copied)
-    for tensor in _get_all_tensors(proto):
-        if uses_external_data(tensor):
-            loc = ExternalDataInfo(tensor).location
-            src = path.parent / loc
-            if not src.is_file():
-                raise NboptError(f"ONNX model '{path.name}' stores tensor '{tensor.name}' in external data "
-                                 f"file '{loc}', which is missing next to it in '{path.parent}': copy that "
-                                 "file there too.")
-            target = dest / loc
-            if not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, target)
+    for src, target in targets.values():
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, target)
     return copied
 
 
@@ -209,9 +236,32 @@ def export_torch(model: Any, example: dict[str, np.ndarray], single_input: bool,
     Returns the path and a note saying which exporter produced it (and why the fallback, if any).
     The batch axis of every input is dynamic.
     """
+    with eval_copy(model) as model:
+        return _export_torch(model, example, single_input, dest)
+
+
+@contextmanager
+def eval_copy(model: Any):
+    """The model in eval mode without touching the user's: a deep copy, or (for a model that cannot be
+    copied) the model itself with every submodule's train/eval flag put back afterwards."""
+    try:
+        copied = copy.deepcopy(model)
+    except Exception:  # noqa: BLE001 - e.g. a module holding a lock or an open file
+        copied = None
+    if copied is not None:
+        yield copied.eval()
+        return
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield model.eval()
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _export_torch(model: Any, example: dict[str, np.ndarray], single_input: bool, dest: Path) -> tuple[Path, str]:
     import torch
 
-    model = model.eval()
     names = list(example)
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in example.items()}
     path = dest / "model.onnx"

@@ -92,6 +92,13 @@ class TFLiteBackend(Backend):
         elif is_keras(model):
             prep = self._keras(model, example, f"Keras {type(model).__name__}")
         elif is_torch(model):
+            import copy
+
+            try:  # the converter puts the module in eval mode: convert a copy, the user's stays as it is
+                model = copy.deepcopy(model)
+            except Exception as exc:  # noqa: BLE001
+                raise CandidateError(f"nbopt could not copy the model ({one_line(exc)}); it must be "
+                                     "deep-copyable so that the original stays untouched.") from exc
             data, note = torch_to_tflite(model, example, workdir)
             prep = TFLitePrepared("torch", model, f"PyTorch {type(model).__name__} via {note}", fp32=data)
         else:

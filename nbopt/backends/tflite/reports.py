@@ -16,7 +16,8 @@ A static check of the artifact itself (not a run on a device), op by op:
   Float QUANTIZE / DEQUANTIZE at the model's inputs and outputs are accepted (the CPU converts the
   float I/O, the accelerator runs the rest).
 
-``weight_summary(path)`` says which weights are stored in which type. ``delegate_report(path) -> dict`` gives the full report; ``summary`` is the short text for the results
+``weight_summary(path)`` says which weights are stored in which type; ``size_breakdown(artifact)`` where the
+file's bytes go. ``delegate_report(path) -> dict`` gives the full report; ``summary`` is the short text for the results
 table. The file is read with LiteRT's flatbuffer schema; TensorFlow is not needed.
 """
 from __future__ import annotations
@@ -287,3 +288,58 @@ def weight_summary(path: Path) -> str:
     ins = ",".join(np.dtype(d["dtype"]).name for d in it.get_input_details())
     outs = ",".join(np.dtype(d["dtype"]).name for d in it.get_output_details())
     return f"weights {parts or 'none'} ({', '.join(sorted(counts))}); io {ins}->{outs}"
+
+
+# -- where the bytes go ------------------------------------------------------------------------------
+_TFL_NAMES = {"FLOAT32": "fp32", "FLOAT16": "fp16", "BFLOAT16": "bf16", "FLOAT64": "fp64", "INT8": "int8",
+              "UINT8": "uint8", "INT4": "int4", "UINT4": "uint4", "INT2": "int2"}
+
+
+def size_breakdown(artifact) -> dict:
+    """Bytes of a .tflite artifact by tensor type, its largest tensors, and buffers versus the rest of the
+    flatbuffer; read with LiteRT's flatbuffer schema (every subgraph; a buffer shared by several tensors
+    counts once)."""
+    from ...speed import SizeTally
+
+    path = Path(artifact.path)
+    tally = SizeTally(int(artifact.size_bytes))
+    schema = _schema()
+    buf = path.read_bytes()
+    model = schema.Model.GetRootAs(buf, 0)
+    type_names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    metadata = {model.Metadata(m).Buffer() for m in range(model.MetadataLength())}
+    sizes = {}
+    for b in range(model.BuffersLength()):
+        buffer = model.Buffers(b)
+        size = buffer.DataLength() or (buffer.Size() if buffer.Offset() > 1 else 0)
+        if size:
+            sizes[b] = size
+            tally.segment("metadata" if b in metadata else "buffers", size)
+    seen: set[int] = set()
+    dequantized_fp16 = 0
+    for s in range(model.SubgraphsLength()):
+        sg = model.Subgraphs(s)
+        readers: dict[int, set] = {}
+        for j in range(sg.OperatorsLength()):
+            op = sg.Operators(j)
+            oc = model.OperatorCodes(op.OpcodeIndex())
+            name = op_names.get(max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode()), "?")
+            for i in (op.InputsAsNumpy() if op.InputsLength() else []):
+                readers.setdefault(int(i), set()).add(name)
+        for i in range(sg.TensorsLength()):
+            t = sg.Tensors(i)
+            b = t.Buffer()
+            if b not in sizes or b in seen:
+                continue
+            seen.add(b)
+            kind = type_names.get(t.Type(), "?")
+            shape = t.ShapeAsNumpy() if t.ShapeLength() else []
+            tally.tensor((t.Name() or b"").decode(errors="replace") or f"tensor {i}",
+                         _TFL_NAMES.get(kind, kind.lower()), list(shape), sizes[b])
+            if kind == "FLOAT16" and readers.get(i) == {"DEQUANTIZE"}:
+                dequantized_fp16 += 1
+    if dequantized_fp16:
+        tally.note(f"{dequantized_fp16} fp16 weight tensors feed DEQUANTIZE ops: the CPU interpreter expands them "
+                   "to fp32 when the model loads (GPU delegates use them as fp16)")
+    return tally.result("other")
