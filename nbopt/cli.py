@@ -129,7 +129,7 @@ def run_optimize(args: argparse.Namespace) -> int:
             print("nbopt: the sweep was interrupted; the finished candidates are kept in the store.",
                   file=sys.stderr)
             return EXIT_INTERRUPTED
-        return _gate_and_export(study, args.max_drop, export)
+        return _gate_and_export(study, args.max_drop, export, args.overwrite)
 
 
 def _study(args: argparse.Namespace, recipes: list | None, backends: list[str] | None):
@@ -157,7 +157,7 @@ def _export_path(path: str | None, overwrite: bool) -> Path | None:
     return target
 
 
-def _gate_and_export(study, max_drop: float | None, export: Path | None) -> int:
+def _gate_and_export(study, max_drop: float | None, export: Path | None, overwrite: bool = False) -> int:
     if max_drop is not None and not fitting_candidates(study.results, max_drop):
         print(f"nbopt: no optimized candidate is within --max-drop {max_drop:g}"
               f"{'; nothing exported' if export else ''}.", file=sys.stderr)
@@ -170,7 +170,7 @@ def _gate_and_export(study, max_drop: float | None, export: Path | None) -> int:
     if best is None:
         print("nbopt: no candidate was measured; nothing exported.", file=sys.stderr)
         return EXIT_FAILED
-    written = best.export(export)
+    written = best.export(export, overwrite=overwrite)
     print(f"Exported {best.name}: {written} (model card {written.with_suffix('.json')})")
     return EXIT_OK
 

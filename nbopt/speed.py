@@ -89,7 +89,8 @@ class SizeTally:
             if dtype_bucket(t["dtype"]) == "other" and t["dtype"] not in DTYPES:
                 other[t["dtype"]] = other.get(t["dtype"], 0) + t["bytes"]
         if other:
-            notes.append("'other' is " + ", ".join(f"{k} {v:,} B" for k, v in sorted(other.items(), key=lambda kv: -kv[1])))
+            parts = sorted(other.items(), key=lambda kv: -kv[1])
+            notes.append("'other' is " + ", ".join(f"{k} {v:,} B" for k, v in parts))
         return {"total_bytes": int(self.total_bytes), "by_dtype": {k: int(v) for k, v in self.by_dtype.items()},
                 "largest": largest, "segments": segments, "notes": notes}
 
@@ -225,7 +226,7 @@ SMALL_TENSOR = 256 * 1024  # elements: below this, run-time quantization costs a
 SMALL_LATENCY_MS = 1.0
 
 _PORTABLE = re.compile(r"(\d+) ops? on ExecuTorch portable kernels(?: \(([^)]*)\))?")
-_REFERENCE = re.compile(r"reference (kernels?|implementation|fallback)|portable kernels", re.I)
+_REFERENCE = re.compile(r"reference (kernels?|implementation|fallback)", re.I)
 _UNQUANTIZED = re.compile(r"\b0/(\d+) (Conv\w*|Linear|Gemm|MatMul)\b")
 
 
@@ -298,19 +299,18 @@ class Rule(NamedTuple):
 def _portable_applies(f: Facts) -> bool:
     n, _ = f.portable_ops(f.notes)
     base, _ = f.portable_ops(f.base_notes)
-    if n > base:
-        return True
-    return bool(_REFERENCE.search(f.notes)) and not n and not _PORTABLE.search(f.notes)
+    return n > base or bool(_REFERENCE.search(f.notes))
 
 
 def _portable_sentence(f: Facts) -> str:
     n, which = f.portable_ops(f.notes)
     base, _ = f.portable_ops(f.base_notes)
     if n:
-        extra = f" ({n} here, {base} in the baseline: {which})" if which else f" ({n} here, {base} in the baseline)"
-        return ("Ops left the fast kernels: ExecuTorch runs them on its portable kernels, plain reference loops "
-                f"outside XNNPACK{extra}, and copies tensors in and out of the delegate around them; find why "
-                "those ops did not lower (dtype or op not supported by XNNPACK) or keep the baseline.")
+        which = f": {which}" if which else ""
+        return (f"Ops left the fast kernels: {n} ops run on ExecuTorch's portable kernels ({base} in the "
+                f"baseline{which}), plain reference loops outside XNNPACK, with tensors copied in and out of the "
+                "delegate around them; find why those ops did not lower (an op or dtype XNNPACK does not take) "
+                "or keep the baseline.")
     return ("Ops run on the runtime's reference kernels (see the notes), unoptimized loops outside the "
             "accelerated ones; make those ops supported by the fast path or keep the baseline.")
 
@@ -371,8 +371,10 @@ def _fp16_sentence(f: Facts) -> str:
     else:
         how = "the runtime converts fp16 weights and activations to fp32 (or emulates fp16) to compute"
     cpu = f" (this CPU has {_missing_fp16(f.cpu)})" if f.cpu and not f.cpu.get("fp16_arith") else ""
-    return (f"Weights dequantized at load: {how}{cpu}; fp16 halves the file, not the work. Its speed-up needs fp16 "
-            "hardware: a phone GPU or NPU, or an ARMv8.2-A CPU with fp16 arithmetic.")
+    stored = recipe_check("fp16", f.breakdown)
+    stored = f"; besides, {stored[len('fp16 in name, but '):]}" if stored else ""
+    return (f"Weights dequantized at load: {how}{cpu}{stored}; fp16 halves the file, not the work. Its speed-up "
+            "needs fp16 hardware: a phone GPU or NPU, or an ARMv8.2-A CPU with fp16 arithmetic.")
 
 
 def _zeros_applies(f: Facts) -> bool:
@@ -409,9 +411,11 @@ def _partial_applies(f: Facts) -> bool:
 def _partial_sentence(f: Facts) -> str:
     m = _UNQUANTIZED.search(f.notes)
     what = f"0/{m.group(1)} {m.group(2)} quantized" if m else recipe_check(f.recipe, f.breakdown)
-    return (f"Most of the compute stayed in float ({what}): the layers that take the time were not quantized, "
-            "so the int8 layers cannot make the whole faster; use a recipe that covers them (int8-static "
-            "quantizes convolutions too).")
+    todo = ("use int8-static, which quantizes convolutions too" if f.recipe != "int8-static" else
+            "see in the notes which layers the quantizer skipped and why")
+    return (f"Part of the network stayed in float ({what}): those layers run at float speed, and every "
+            f"boundary between them and the quantized ones adds a quantize or dequantize step, so the quantized "
+            f"layers cannot make the whole much faster; {todo}.")
 
 
 RULES: list[Rule] = [
@@ -437,17 +441,35 @@ def not_faster(row: dict, baseline: dict) -> bool:
     return lat >= NOT_FASTER * base
 
 
-def no_speedup_reasons(row: dict, baseline: dict, breakdown: dict | None = None, cpu: dict | None = None) -> list[str]:
-    """The sentences of every rule that applies, when ``row`` is not faster than ``baseline``; else []."""
+def _tiny_applies(f: Facts) -> bool:
+    return f.base_latency < SMALL_LATENCY_MS
+
+
+def _tiny_sentence(f: Facts) -> str:
+    return (f"Nothing in the artifact explains it, but the baseline takes only {f.base_latency:.3g} ms per "
+            "inference: at this size fixed per-call costs (the runtime's dispatch, converting the inputs and "
+            "outputs) outweigh the arithmetic any recipe can save, and the timings are close to their noise; "
+            "compare on the real input size or a larger model before judging this recipe's speed.")
+
+
+# Tried only when no rule of the table applies.
+FALLBACK: list[Rule] = [Rule("tiny-model", _tiny_applies, _tiny_sentence)]
+
+
+def _fired(row: dict, baseline: dict, breakdown: dict | None, cpu: dict | None) -> list[tuple[Rule, Facts]]:
     if not not_faster(row, baseline) or recipe_name(row.get("recipe", "")) in ("", "baseline"):
         return []
     facts = Facts(row, baseline, breakdown, cpu or {})
-    return [rule.sentence(facts) for rule in RULES if rule.applies(facts)]
+    fired = [(rule, facts) for rule in RULES if rule.applies(facts)]
+    return fired or [(rule, facts) for rule in FALLBACK if rule.applies(facts)]
+
+
+def no_speedup_reasons(row: dict, baseline: dict, breakdown: dict | None = None,
+                       cpu: dict | None = None) -> list[str]:
+    """The sentences of every rule that applies, when ``row`` is not faster than ``baseline``; else []."""
+    return [rule.sentence(facts) for rule, facts in _fired(row, baseline, breakdown, cpu)]
 
 
 def no_speedup_rules(row: dict, baseline: dict, breakdown: dict | None = None, cpu: dict | None = None) -> list[str]:
     """The names of the rules ``no_speedup_reasons`` applies (for tests and the details view)."""
-    if not not_faster(row, baseline) or recipe_name(row.get("recipe", "")) in ("", "baseline"):
-        return []
-    facts = Facts(row, baseline, breakdown, cpu or {})
-    return [rule.name for rule in RULES if rule.applies(facts)]
+    return [rule.name for rule, _ in _fired(row, baseline, breakdown, cpu)]

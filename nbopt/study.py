@@ -58,10 +58,12 @@ class Candidate:
     def name(self) -> str:
         return self.row["name"]
 
-    def export(self, path: str | Path) -> Path:
+    def export(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the deployable file(s) and a JSON model card; an existing file is replaced only with
+        ``overwrite=True``."""
         from .export import export_candidate
 
-        return export_candidate(self, Path(path))
+        return export_candidate(self, Path(path), overwrite=overwrite)
 
 
 class Study:

@@ -296,9 +296,15 @@ class Panel(anywidget.AnyWidget):
 
     @staticmethod
     def _default_export_path(cand) -> Path:
-        """``nbopt_exports/<candidate name>`` next to the notebook; export adds the suffix."""
+        """``nbopt_exports/<candidate name>.<ext>`` next to the notebook; a second export of the same
+        candidate gets ``-2``, ``-3``, ... (an export never replaces a file)."""
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in cand.name).strip("_")
-        return Path("nbopt_exports") / safe
+        suffix = Path(cand.row["artifact_path"]).suffix
+        target, n = Path("nbopt_exports") / f"{safe}{suffix}", 1
+        while target.exists() or target.with_suffix(".json").exists():
+            n += 1
+            target = Path("nbopt_exports") / f"{safe}-{n}{suffix}"
+        return target
 
     # ------------------------------------------------------------------------------------ reading
     @property

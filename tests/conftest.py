@@ -120,6 +120,11 @@ def _fake_memory_probe():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(evaluator, "_probe", probe)
         yield
+    for name in FAKE_BACKENDS:  # end the fake probes now, their pipes closed
+        found = evaluator._probes.pop(name, None)
+        if found is not None:
+            found.close()
+            found.proc.stdout.close()
 
 
 # ------------------------------------------------------------------------------------------ real models

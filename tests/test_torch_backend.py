@@ -79,17 +79,27 @@ def test_baseline_is_a_runnable_pte(setup):
     assert setup["base_acc"] > 0.9
 
 
-def test_fingerprint_tracks_weights(digits_cnn):
+def test_fingerprint_tracks_weights_and_forward(digits_cnn, digits):
+    """The store key follows what the model computes: its weights and its exported graph."""
     import copy
 
     import torch
 
     backend = get_backend("torch")
+    data = nbdata.load(digits[2][:4], role="eval")
     other = copy.deepcopy(digits_cnn)
-    assert backend.fingerprint(other) == backend.fingerprint(digits_cnn)
+    assert backend.fingerprint(backend.prepare(other, data)) == backend.fingerprint(backend.prepare(digits_cnn, data))
     with torch.no_grad():
         next(other.parameters()).add_(1e-3)
-    assert backend.fingerprint(other) != backend.fingerprint(digits_cnn)
+    assert backend.fingerprint(backend.prepare(other, data)) != backend.fingerprint(backend.prepare(digits_cnn, data))
+
+    class Doubled(type(digits_cnn)):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    doubled = copy.deepcopy(digits_cnn)
+    doubled.__class__ = Doubled
+    assert backend.fingerprint(backend.prepare(doubled, data)) != backend.fingerprint(backend.prepare(digits_cnn, data))
 
 
 def test_prepare_names_the_shape_mismatch(digits, digits_cnn):

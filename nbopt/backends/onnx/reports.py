@@ -70,7 +70,8 @@ def size_breakdown(artifact) -> dict:
                     dtype, bucket = _classify(a.t, consumers.get(node.output[0], []), nbits)
                     tally.tensor(node.output[0], dtype, list(a.t.dims), nbytes, bucket)
     if nbits[4]:
-        tally.note(f"{nbits[4]} MatMulNBits weights (bits=4) are packed two 4-bit values per uint8 byte: counted as int4")
+        tally.note(f"{nbits[4]} MatMulNBits weights (bits=4) are packed two 4-bit values per uint8 byte: "
+                   "counted as int4")
     if nbits[8]:
         tally.note(f"{nbits[8]} MatMulNBits weights (bits=8) are stored one value per uint8 byte: counted as int8")
     if tally.by_dtype["fp16"] and casts:
@@ -117,7 +118,8 @@ def _classify(t, users: list[tuple], nbits: dict) -> tuple[str, str | None]:
     """(dtype shown, bucket override) of one stored tensor from its type and the nodes that read it."""
     import onnx
 
-    name = _ONNX_NAMES.get(onnx.TensorProto.DataType.Name(t.data_type), onnx.TensorProto.DataType.Name(t.data_type).lower())
+    kind = onnx.TensorProto.DataType.Name(t.data_type)
+    name = _ONNX_NAMES.get(kind, kind.lower())
     for node, pos in users:
         if node.op_type == "MatMulNBits" and pos == 1:
             bits = next((a.i for a in node.attribute if a.name == "bits"), 4)

@@ -163,7 +163,8 @@ def _pte_breakdown(path: Path, tally) -> None:
             info = t.extra_tensor_info
             name = (info.fully_qualified_name if info is not None and info.fully_qualified_name
                     else readers.get(v, f"program constant #{t.data_buffer_idx}"))
-            tally.tensor(name, _ET_NAMES.get(kind, kind.lower()), list(t.sizes), math.ceil(numel * _ET_SIZES.get(kind, 1)))
+            nbytes = math.ceil(numel * _ET_SIZES.get(kind, 1))
+            tally.tensor(name, _ET_NAMES.get(kind, kind.lower()), list(t.sizes), nbytes)
             outside += 1
     if outside:
         tally.note(f"{outside} constant tensors live outside the delegate, in the program's constant segment "
