@@ -100,7 +100,11 @@ def weight_bytes(breakdown: dict) -> int:
 
 
 def _share(part: int, whole: int) -> str:
-    return f"{math.floor(100 * part / whole):d}%" if whole else "0%"
+    """Floored percentage ('99%' is never rounded up to '100%'), '<1%' for a non-zero sliver."""
+    if not whole:
+        return "0%"
+    pct = math.floor(100 * part / whole)
+    return "<1%" if part and not pct else f"{pct:d}%"
 
 
 def recipe_name(recipe: str) -> str:

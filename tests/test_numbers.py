@@ -155,3 +155,30 @@ def test_string_labels_map_through_class_names(data, tmp_path):
         nbopt.optimize(Net().eval(), eval=(x, text), store=None, progress=False)
     with pytest.raises(NboptError, match="'fish' are not among"):
         nbopt.optimize(Net().eval(), eval=(x, text), labels=names[:3], store=None, progress=False)
+
+
+def test_nothing_is_left_in_the_system_temp_folder(tmp_path):
+    """Exported models, data caches and candidates' scratch live under the store, and are gone when the
+    process ends; the system temp folder is never used."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    temp = tmp_path / "systemp"
+    temp.mkdir()
+    script = textwrap.dedent("""
+        import numpy as np, torch, nbopt
+        net = torch.nn.Sequential(torch.nn.Linear(8, 4)).eval()
+        x = np.random.default_rng(0).random((40, 8), dtype=np.float32); y = np.arange(40) % 4
+        s = nbopt.optimize(net, calib=(x, y), eval=(x, y), backends=["torch", "onnx"], recipes=["fp16"],
+                           store="store", progress=False, measure_memory=False)
+        assert (s.results["status"] == "ok").all(), s.results
+    """)
+    env = {**os.environ, "TMPDIR": str(temp)}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    left = [p.name for p in temp.iterdir() if "nbopt" in p.name or p.name.startswith("tmp")]
+    assert left == []
+    assert list((tmp_path / "store" / "tmp").iterdir()) == []

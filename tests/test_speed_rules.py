@@ -289,3 +289,8 @@ def test_fp16_reason_names_weights_still_stored_as_fp32():
                               b.result(), OLD_X86)
     assert len(text) == 1
     assert "98% of the weight bytes are still fp32" in text[0] and "AVX512-FP16" in text[0]
+
+
+def test_recipe_check_shares_are_floored_and_slivers_shown():
+    text = recipe_check("int8-dynamic", _by(int8=640, fp32=77_608))
+    assert text.startswith("int8 in name, but only <1% of the weight bytes are int8; 99% are still float")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path, PureWindowsPath
 from typing import Any, Iterator
@@ -15,6 +14,7 @@ import numpy as np
 
 from ...errors import CandidateError, NboptError, one_line
 from ...quiet import quiet
+from ...store import scratch_dir
 
 ORT_TO_NUMPY = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -304,5 +304,6 @@ def _export_torch(model: Any, example: dict[str, np.ndarray], single_input: bool
     return path, f"exported with the TorchScript exporter because the dynamo exporter failed ({dynamo_error[:200]})"
 
 
-def new_tempdir(prefix: str = "nbopt_onnx_") -> Path:
-    return Path(tempfile.mkdtemp(prefix=prefix))
+def new_tempdir() -> Path:
+    """The prepared model's private folder: under the study's store (removed with its scratch)."""
+    return scratch_dir("onnx")

@@ -13,9 +13,6 @@ Data is fed as given: Keras / TFLite models take channels-last (NHWC) images.
 """
 from __future__ import annotations
 
-import atexit
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,7 @@ import numpy as np
 
 from ...errors import CandidateError, NboptError, one_line
 from ...quiet import quiet
+from ...store import scratch_dir
 from ...recipes import Recipe
 from ..base import Artifact, Backend, Context
 from ..common import hash_arrays, versions
@@ -63,8 +61,7 @@ class TFLiteBackend(Backend):
 
     # -- prepare -----------------------------------------------------------------------------------
     def prepare(self, model: Any, example: Any) -> TFLitePrepared:
-        workdir = Path(tempfile.mkdtemp(prefix="nbopt-tflite-"))
-        atexit.register(shutil.rmtree, workdir, ignore_errors=True)  # scratch only; artifacts live in the store
+        workdir = scratch_dir("tflite")
         if isinstance(model, (str, Path)):
             path = Path(model)
             if not path.exists():

@@ -89,7 +89,8 @@ def size_breakdown(artifact) -> dict:
     try:
         _pte_breakdown(path, tally)
     except Exception as exc:  # noqa: BLE001 - a file this reader does not understand: say so, keep the total
-        tally.note(f"the .pte could not be read by ExecuTorch's serializer ({type(exc).__name__}: "
+        tally = SizeTally(int(artifact.size_bytes))
+        tally.note(f"the .pte could not be read with ExecuTorch's serializer ({type(exc).__name__}: "
                    f"{str(exc)[:120]}); only the total is known")
     return tally.result("program/other")
 
@@ -114,10 +115,10 @@ def _pte_breakdown(path: Path, tally) -> None:
             return f.read(s.size)
 
         named_sizes = {e.key: program.segments[e.segment_index].size for e in program.named_data}
-        for e in {e.segment_index for e in program.named_data}:
-            tally.segment("delegate weights (named data)", program.segments[e].size)
+        for index in {e.segment_index for e in program.named_data}:
+            tally.segment("delegate weights (named data)", program.segments[index].size)
         seen_keys: set[str] = set()
-        for p, plan in enumerate(program.execution_plan):
+        for plan in program.execution_plan:
             for d, delegate in enumerate(plan.delegates):
                 label = "XNNPACK" if "xnnpack" in delegate.id.lower() else delegate.id
                 ref = delegate.processed
@@ -216,7 +217,7 @@ def _xnnpack_constants(blob: bytes, prefix: str, named_sizes: dict, seen: set, t
         tally.tensor(name, dtype, tv.get("dims") or [], nbytes)
         if dtype == "fp32":
             fp32_consts.append((name, nbytes))
-        qp = body.get("quant_params") or {} if kind == "XNNQuantizedTensorValue" else {}
+        qp = (body.get("quant_params") or {}) if kind == "XNNQuantizedTensorValue" else {}
         sidx = int(qp.get("scale_buffer_idx") or 0) if isinstance(qp, dict) else 0
         if sidx:
             sbytes = _const_bytes(consts, sidx, named_sizes, seen)
@@ -225,11 +226,12 @@ def _xnnpack_constants(blob: bytes, prefix: str, named_sizes: dict, seen: set, t
     if fp16_compute and fp32_consts:
         total = sum(b for _, b in fp32_consts)
         ops = sorted({n.removeprefix(prefix).split(" #")[0] for n, _ in fp32_consts})
+        why = ("ExecuTorch's XNNPACK serializer writes convolution filters and biases in fp32 (force_fp32 in "
+               "op_conv2d.py) and XNNPACK converts them to fp16 when it packs the weights at load"
+               if all("Conv" in op for op in ops) else "XNNPACK converts them to fp16 when it packs the weights at load")
         tally.note(f"the XNNPACK graph computes in fp16, but {len(fp32_consts)} of its constant tensors "
-                   f"({total:,} B: {', '.join(ops)} weights/biases) are stored as fp32: ExecuTorch's XNNPACK "
-                   f"serializer writes convolution filters and biases in fp32 (force_fp32 in op_conv2d.py) and "
-                   f"XNNPACK converts them to fp16 when it packs the weights at load, so on disk they keep their "
-                   f"fp32 size")
+                   f"({total:,} B: {', '.join(ops)} weights/biases) are stored as fp32: {why}, so on disk they keep "
+                   f"their fp32 size")
 
 
 def _const_bytes(consts: list, idx: int, named_sizes: dict, seen: set) -> int | None:
