@@ -28,6 +28,7 @@ from .pareto import OBJECTIVES, pareto_mask, resolve
 from .quiet import candidate_log, quiet, write_log
 from .recipes import MONOTONE_PARAMS, RECIPES, Recipe, missing_calib, parse_recipes
 from .schema import COLUMN_NAMES, FAILED, OK, SKIPPED, empty_row, info_columns, public
+from .speed import cpu_features, no_speedup_reasons, recipe_check
 from .stats import label_names, row_columns
 from .store import Store, StoreWriteError, candidate_key, scratch_in
 
@@ -285,6 +286,9 @@ class Study:
             row["size_ratio"] = row["size_bytes"] / base["size_bytes"]
             if row["accuracy"] is not None and base["accuracy"] is not None:
                 row["accuracy_drop"] = self.metric.drop(row["accuracy"], base["accuracy"])
+            why = no_speedup_reasons(row, base, row.get("size_breakdown"), cpu_features())
+            if why:  # read from the artifact and this machine, on every run (the machine may differ)
+                row["notes"] = "; ".join([row["notes"] or "", "not faster than the baseline: " + " ".join(why)])
         return row
 
     def _key(self, item: Planned) -> str:
@@ -351,6 +355,10 @@ class Study:
         row.update(info_columns(artifact.info))
         row.update(status=OK, format=artifact.format, size_bytes=artifact.size_bytes, notes=artifact.notes,
                    artifact_path=str(artifact.path), artifact_files=[str(f) for f in artifact.files])
+        row["size_breakdown"] = self._size_breakdown(item.backend, artifact)
+        check = recipe_check(item.recipe.name, row["size_breakdown"])  # did the recipe do what it says?
+        if check:
+            row["notes"] = "; ".join(p for p in (row["notes"], check) if p)
         if item.recipe is BASELINE:
             row.update(size_ratio=1.0)
         if artifact.info.get("unmeasured"):  # this runtime cannot run here: the columns stay empty
@@ -365,6 +373,30 @@ class Study:
         row.update(outputs_path=str(folder / "outputs.npy"), latency_ms=m.latency_ms,
                    latency_p90_ms=m.latency_p90_ms, peak_memory_mb=m.peak_memory_mb, threads=m.threads,
                    batch_size=m.batch_size)
+
+    def _size_breakdown(self, backend: str, artifact: Artifact) -> dict | None:
+        """Where the bytes go, read from the artifact; a file the reader cannot parse costs the row nothing."""
+        try:
+            return self.backends[backend].size_breakdown(artifact)
+        except Exception:  # noqa: BLE001
+            write_log(traceback.format_exc())
+            return None
+
+    def size_table(self, name: str) -> dict:
+        """Where candidate ``name``'s bytes go: bytes by dtype, the largest tensors, the file's segments."""
+        cand = next((c for c in self.candidates if c.name == name), None)
+        if cand is None:
+            raise NboptError(f"This study has no candidate '{name}'; its candidates: "
+                             f"{', '.join(c.name for c in self.candidates)}.")
+        if cand.row["status"] != OK:
+            raise NboptError(f"Candidate '{name}' has no artifact ({cand.row['status']}: {cand.row['error']}).")
+        breakdown = cand.row.get("size_breakdown")
+        if breakdown is None:  # a row stored before breakdowns existed
+            artifact = Artifact(cand.row["artifact_path"], cand.row["format"], cand.row["artifact_files"])
+            breakdown = cand.row["size_breakdown"] = self._size_breakdown(cand.row["backend"], artifact)
+        if breakdown is None:
+            raise NboptError(f"The {cand.row['backend']} backend cannot read where the bytes of '{name}' go.")
+        return breakdown
 
     def _scored(self, item: Planned, stored: dict) -> dict:
         """The row with the study's metric computed from the candidate's stored outputs: on every run, so a

@@ -63,14 +63,15 @@ class FakeBackend(Backend):
 
     def prepare(self, model: FakeModel, example: Any) -> FakeModel:
         if not example.single_input:
-            raise NboptError(f"The fake model takes one input array, but the eval data has inputs {example.input_names}.")
+            raise NboptError(f"The fake model takes one input array, but the eval data has inputs "
+                             f"{example.input_names}.")
         shape = next(iter(example.example(1).values())).shape[1:]
         if int(np.prod(shape)) != model.weights.shape[0]:
             raise NboptError(f"The fake model takes {model.weights.shape[0]} input values per example, but the eval "
                              f"data's input has shape {tuple(shape)}: give inputs of that size.")
         return FakeModel(model.weights.astype(np.float32).copy(), model.bias.astype(np.float32).copy())
 
-    def fingerprint(self, model: FakeModel) -> str:
+    def fingerprint(self, model: FakeModel) -> str:  # the user's model or the prepared one: the same arrays
         return hash_arrays([model.weights, model.bias], "fake")
 
     def baseline(self, prepared: FakeModel, ctx: Context) -> Artifact:

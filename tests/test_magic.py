@@ -310,7 +310,8 @@ def test_panel_fills_layer_sensitivity_after_sweep(onnx_tiny, tmp_path, monkeypa
     monkeypatch.setattr(widget, "SENSITIVITY_MAX_NODES", 200)
     monkeypatch.setattr(type(panel.study), "sensitivity_table", lambda self, b="onnx": 1 / 0)
     panel._fill_sensitivity()
-    assert panel.sensitivity == [] and panel.sensitivity_note == "Layer sensitivity failed: ZeroDivisionError: division by zero"
+    assert panel.sensitivity == []
+    assert panel.sensitivity_note == "Layer sensitivity failed: ZeroDivisionError: division by zero"
     assert panel.running == ""
 
 

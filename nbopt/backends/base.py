@@ -144,6 +144,10 @@ class Backend:
         """Library versions that shape the artifacts (model cards, store keys)."""
         return {}
 
+    def size_breakdown(self, artifact: Artifact) -> dict | None:
+        """Where the artifact's bytes go, read from the file itself (by dtype, largest tensors, segments)."""
+        return None
+
     def sensitivity(self, prepared: Any, calib: Any):
         """Per-layer sensitivity DataFrame (only where ``supports_sensitivity``)."""
         raise NotImplementedError

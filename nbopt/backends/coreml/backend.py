@@ -127,6 +127,11 @@ class CoreMLBackend(Backend):
         return [Recipe("fp16"), Recipe("int8-weight-only"), Recipe("int4-weight-only"),
                 Recipe("int4-weight-only", {"method": "palettize"}), Recipe("prune-unstructured")]
 
+    def size_breakdown(self, artifact: Artifact) -> dict:
+        from .reports import size_breakdown
+
+        return size_breakdown(artifact)
+
     def versions(self) -> dict[str, str]:
         return versions("coremltools", "torch", "tensorflow", "tensorflow-cpu", "keras")
 

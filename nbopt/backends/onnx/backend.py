@@ -153,6 +153,11 @@ class OnnxBackend(Backend):
             recipes += [Recipe("int8-weight-only"), Recipe("int4-weight-only")]
         return [self.validate(r) for r in recipes]
 
+    def size_breakdown(self, artifact: Artifact) -> dict:
+        from .reports import size_breakdown
+
+        return size_breakdown(artifact)
+
     def versions(self) -> dict[str, str]:
         return versions("onnx", "onnxruntime", "onnxscript", "torch")
 

@@ -151,6 +151,11 @@ class TFLiteBackend(Backend):
             recipes.append(Recipe("prune-unstructured"))
         return [self.validate(r) for r in recipes]
 
+    def size_breakdown(self, artifact: Artifact) -> dict:
+        from .reports import size_breakdown
+
+        return size_breakdown(artifact)
+
     def versions(self) -> dict[str, str]:
         return versions("tensorflow", "tensorflow-cpu", "keras", "ai-edge-litert", "litert-torch")
 

@@ -106,6 +106,11 @@ class TorchBackend(Backend):
             Recipe("prune-structured", {"amount": 0.5}),
         ]
 
+    def size_breakdown(self, artifact: Artifact) -> dict:
+        from .reports import size_breakdown
+
+        return size_breakdown(artifact)
+
     def versions(self) -> dict[str, str]:
         return versions("torch", "torchao", "executorch", "torch-pruning")
 

@@ -226,9 +226,10 @@ def _xnnpack_constants(blob: bytes, prefix: str, named_sizes: dict, seen: set, t
     if fp16_compute and fp32_consts:
         total = sum(b for _, b in fp32_consts)
         ops = sorted({n.removeprefix(prefix).split(" #")[0] for n, _ in fp32_consts})
-        why = ("ExecuTorch's XNNPACK serializer writes convolution filters and biases in fp32 (force_fp32 in "
-               "op_conv2d.py) and XNNPACK converts them to fp16 when it packs the weights at load"
-               if all("Conv" in op for op in ops) else "XNNPACK converts them to fp16 when it packs the weights at load")
+        why = "XNNPACK converts them to fp16 when it packs the weights at load"
+        if all("Conv" in op for op in ops):
+            why = ("ExecuTorch's XNNPACK serializer writes convolution filters and biases in fp32 (force_fp32 in "
+                   "op_conv2d.py) and " + why)
         tally.note(f"the XNNPACK graph computes in fp16, but {len(fp32_consts)} of its constant tensors "
                    f"({total:,} B: {', '.join(ops)} weights/biases) are stored as fp32: {why}, so on disk they keep "
                    f"their fp32 size")
