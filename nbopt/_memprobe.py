@@ -5,6 +5,8 @@ minus the resident memory once the runtime is imported (the interpreter and fram
 The kernel's high-water mark (VmHWM) is reset after the imports, so an import's transient peak does not
 count either.
 """
+from __future__ import annotations
+
 import json
 import sys
 
@@ -37,7 +39,7 @@ def measure(backend, spec: dict) -> dict:
     return {"peak_memory_mb": max(_status_mb("VmHWM") - before, 0.0)}
 
 
-def serve(backend_name: str) -> None:
+def serve(backend_name: str, package: str | None = None, cls: str | None = None) -> None:
     """Import the runtime once, then fork a fresh child per request line (a spec as JSON on stdin).
 
     Forking from this idle, already-imported process gives each artifact a clean process in milliseconds
@@ -45,8 +47,10 @@ def serve(backend_name: str) -> None:
     """
     import os
 
-    from nbopt.backends import get_backend
+    from nbopt.backends import get_backend, register_backend
 
+    if package and cls:
+        register_backend(backend_name, package, cls)
     backend = get_backend(backend_name)
     backend.warm_imports()
     print(json.dumps({"ready": True}), flush=True)
@@ -69,4 +73,4 @@ def serve(backend_name: str) -> None:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    serve(*sys.argv[1:4])

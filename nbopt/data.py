@@ -6,11 +6,8 @@ those batches into their own format. Nothing here reaches the network.
 """
 from __future__ import annotations
 
-import atexit
 import hashlib
 import os
-import shutil
-import tempfile
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass

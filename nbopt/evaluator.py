@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -102,8 +103,14 @@ class _Probe:
     """One long-lived probe process per backend; it forks a clean child per measurement."""
 
     def __init__(self, backend_name: str):
-        self.proc = subprocess.Popen([sys.executable, "-m", "nbopt._memprobe", backend_name], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        from .backends import backend_spec
+
+        # The backend by package and class, and this process's import path: a plug-in backend registered
+        # here (nbopt.backends.register_backend) loads there too.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "nbopt._memprobe", backend_name,
+                                      *backend_spec(backend_name)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, bufsize=1, env=env)
         self.lock = threading.Lock()
         self.ready = self._read().get("ready", False)
 
@@ -126,6 +133,7 @@ class _Probe:
         if self.proc.poll() is None:
             self.proc.stdin.close()
             self.proc.wait(timeout=10)
+        self.proc.stdout.close()
 
 
 _probes: dict[str, _Probe] = {}

@@ -6,9 +6,6 @@ in-memory backend of ``fake_backend.py``, registered here as ``"fake"`` (and ``"
 trained once per test run, in the session fixtures below.
 """
 import os
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -85,46 +82,6 @@ def quick_latency(monkeypatch):
         return LatencySettings(**{"warmup": 1, "min_runs": 5, "min_seconds": 0.0, **given})
 
     monkeypatch.setattr(nbopt.study, "LatencySettings", quick)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _fake_memory_probe():
-    """Peak memory of fake artifacts, measured like every other backend's in a fresh forked process.
-
-    nbopt's probe process (``python -m nbopt._memprobe NAME``) knows only nbopt's own backends, so for the
-    fake ones the probe is started with the registration done first (one process per session, started
-    on first use). Uses the evaluator's private ``_Probe`` / ``_probe``."""
-    from nbopt import evaluator
-
-    original = evaluator._probe
-
-    class FakeProbe(evaluator._Probe):
-        def __init__(self, name: str):  # noqa: D401 - the same protocol, another command line
-            code = (f"import nbopt.backends as b; b.register_backend({name!r}, 'fake_backend', "
-                    f"{FAKE_BACKENDS[name]!r}, 'numpy'); from nbopt._memprobe import serve; serve({name!r})")
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), str(TESTS.parent),
-                                                                              os.environ.get("PYTHONPATH")]))}
-            self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.DEVNULL, text=True, bufsize=1, env=env)
-            self.lock = threading.Lock()
-            self.ready = self._read().get("ready", False)
-
-    def probe(name: str):
-        if name not in FAKE_BACKENDS:
-            return original(name)
-        found = evaluator._probes.get(name)
-        if found is None or found.proc.poll() is not None:
-            found = evaluator._probes[name] = FakeProbe(name)
-        return found
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(evaluator, "_probe", probe)
-        yield
-    for name in FAKE_BACKENDS:  # end the fake probes now, their pipes closed
-        found = evaluator._probes.pop(name, None)
-        if found is not None:
-            found.close()
-            found.proc.stdout.close()
 
 
 # ------------------------------------------------------------------------------------------ real models

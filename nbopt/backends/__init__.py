@@ -31,6 +31,12 @@ def register_backend(name: str, package: str, cls: str, probe: str | None = None
     _PACKAGES[name] = (package, cls, probe or package.split(".")[0])
 
 
+def backend_spec(name: str) -> tuple[str, str]:
+    """(package, class) of a registered backend: what another process needs to load it."""
+    package, cls, _ = _PACKAGES[name]
+    return package, cls
+
+
 def get_backend(name: str) -> Backend:
     if name not in _PACKAGES:
         raise NboptError(f"Unknown backend '{name}'; known backends: {', '.join(_PACKAGES)}.")
@@ -62,11 +68,28 @@ def recipes_of(names: list[str]) -> list[str]:
 def default_backends(model: Any) -> list[str]:
     """The backends that take this kind of model natively (no heavy imports to decide)."""
     kind = model_kind(model)
+    if kind == "plugin":
+        return _plugins_for(model)
     return {"torch": ["torch"], "onnx": ["onnx"], "keras": ["tflite"], "tflite": ["tflite"]}[kind]
 
 
+def _plugins_for(model: Any) -> list[str]:
+    """Registered (non built-in) backends that accept ``model``."""
+    out = []
+    for name in _PACKAGES:
+        if name in BACKEND_NAMES:
+            continue
+        try:
+            if get_backend(name).accepts(model):
+                out.append(name)
+        except NboptError:
+            continue
+    return out
+
+
 def model_kind(model: Any) -> str:
-    """'torch', 'onnx', 'keras' or 'tflite', decided from the type's module or the file suffix."""
+    """'torch', 'onnx', 'keras' or 'tflite', decided from the type's module or the file suffix; 'plugin'
+    for a model only a registered plug-in backend takes."""
     if isinstance(model, (str, Path)):
         return _file_kind(Path(model))
     mods = [c.__module__ for c in type(model).__mro__]
@@ -76,6 +99,8 @@ def model_kind(model: Any) -> str:
         return "onnx"
     if any(m.startswith(("keras", "tf_keras", "tensorflow")) for m in mods):
         return "keras"
+    if _plugins_for(model):
+        return "plugin"
     raise NboptError(f"nbopt cannot optimize a {type(model).__name__}: pass a torch.nn.Module, a Keras "
                      "model, an onnx.ModelProto, or a path to an .onnx / .tflite / .keras / .pt2 file.")
 

@@ -19,7 +19,7 @@ from ...quiet import quiet
 from ...recipes import Recipe
 from ..base import Artifact, Backend, Context
 from ..common import hash_files, versions
-from .convert import export_torch, load_user_file, model_files, new_tempdir, save_model, save_user_proto
+from .convert import export_torch, load_user_file, model_files, new_tempdir, save_user_proto
 from .graph import normalize, weight_nodes_meta
 from .quant import CALIBRATION_METHODS, QUANT_TYPES, make_reader, node_aliases, ort_call
 from .runner import GraphInput, OrtRunner, graph_inputs, map_feeds, rebatch, static_batch

@@ -15,7 +15,7 @@ import numpy as np
 from ...errors import CandidateError
 from ...quiet import quiet
 from ..base import Artifact
-from ..common import default_threads  # noqa: F401  (re-exported for the memory probe)
+
 
 PTE, PT2 = "pte", "pt2"
 
