@@ -17,6 +17,10 @@ def __getattr__(name: str):
         from . import study
 
         return getattr(study, name)
+    if name == "open":  # nbopt.open(".nbopt"): the studies in a store (not in __all__: it would shadow open)
+        from .reopen import open
+
+        return open
     if name == "Panel":
         from .widget import Panel
 

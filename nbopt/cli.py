@@ -75,12 +75,16 @@ def add_optimize_parser(sub) -> argparse.ArgumentParser:
 
 
 def add_report_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("report", help="re-render the results kept in a store as a table and an HTML report",
-                       description="Print the results kept in STORE and write them as an HTML report.")
+    p = sub.add_parser("report", help="re-render a study kept in a store as a table and an HTML report",
+                       description="Print a study kept in STORE (the most recently run one, or --study ID) and "
+                                   "write it as an HTML report. Nothing is run or measured again.")
     p.add_argument("store", metavar="STORE", help="a store folder (holds nbopt.sqlite), e.g. .nbopt")
+    p.add_argument("--study", metavar="ID",
+                   help="which study: its id or the start of it (see nbopt.open(STORE)); default the newest")
     p.add_argument("--out", metavar="FILE", help="where to write the HTML report (default STORE/report.html)")
     p.add_argument("--metric", default="metric", metavar="M",
-                   help="name of the metric the rows hold, used as the accuracy axis label (default 'metric')")
+                   help="only for a store written by an older nbopt (no study records): the name of the metric "
+                        "its rows hold; a recorded study has its own")
     p.set_defaults(run=run_report)
     return p
 
@@ -289,11 +293,35 @@ def _direction(metric: str) -> str:
 
 # -- nbopt report ---------------------------------------------------------------------------------------
 def run_report(args: argparse.Namespace) -> int:
+    """A recorded study rendered through ``StoredStudy`` (its own metric, rows as the study showed them);
+    a store written before studies were recorded falls back to its candidate rows (``run_legacy_report``)."""
+    from .reopen import _studies, load_study
+
     folder = Path(args.store)
-    rows = read_store_rows(folder)
-    if not rows:
-        raise NboptError(f"The store '{folder}' holds no finished candidates yet: run nbopt optimize first.")
-    df = against_baselines(rows_frame(rows), args.metric)
+    if folder.exists() and not folder.is_dir():
+        raise NboptError(f"'{folder}' is a file, not a store folder: give the folder passed as --store.")
+    found = _studies(folder)[1]
+    if not found and args.study is None and read_store_rows(folder):
+        return run_legacy_report(args)
+    stored = load_study(folder, args.study)
+    if args.study is None and len(found) > 1:
+        print(f"The store holds {len(found)} studies; showing the most recently run one (choose another with "
+              "--study ID; list them with nbopt.open(STORE)).")
+    print(f"Study {stored.describe()}.")
+    print(f"Metric: {stored.metric.name} ({'higher' if stored.metric.greater_is_better else 'lower'} is better); "
+          "size in bytes on disk; ratios and drops against each backend's baseline.")
+    print(format_table(stored.results))
+    out = Path(args.out) if args.out else folder / "report.html"
+    print(f"Report: {stored.to_html(out)}")
+    return EXIT_OK
+
+
+def run_legacy_report(args: argparse.Namespace) -> int:
+    """A store without study records (older nbopt): every candidate row, compared with the baseline stored
+    before it; ``--metric`` names what the rows hold."""
+    folder = Path(args.store)
+    df = against_baselines(rows_frame(read_store_rows(folder)), args.metric)
+    print("This store has no study record (written by an older nbopt): showing every stored candidate.")
     print_table(df, metric=args.metric)
     out = Path(args.out) if args.out else folder / "report.html"
     print(f"Report: {write_store_report(df, out, args.metric)}")

@@ -2,7 +2,8 @@
 
 Layout of the store folder::
 
-    nbopt.sqlite        one row per finished candidate (key -> result row as JSON), written in a transaction
+    nbopt.sqlite        one row per finished candidate (key -> result row as JSON), written in a transaction;
+                        and one row per study (id -> what it was run on, its scored rows, finished or not)
     artifacts/<key>/    the candidate's files, moved into place atomically once complete
     logs/<key>.log      what the libraries printed while the candidate was built and measured
     locks/<key>.lock    one lock file per candidate key (``fcntl.flock``): one process builds, the others wait
@@ -13,6 +14,11 @@ Layout of the store folder::
 A key hashes everything that decides a result: model weights, data, metric, backend, recipe, params and
 library versions. The same study run again finds every key and measures nothing twice; only ``ok`` rows
 are reused (failed and skipped candidates are built again).
+
+A study is recorded next to its candidates (``record_study`` when it starts, ``update_study_rows`` after each
+candidate), so that it can be listed and redrawn after a restart without running anything
+(``nbopt.open``, ``nbopt.Panel.open``, ``nbopt report``): the candidates table keeps measurements, whose
+metric is recomputed on every run; the studies table keeps each study's rows as it last showed them.
 
 What survives:
 
@@ -44,6 +50,7 @@ import uuid
 import warnings
 import weakref
 from contextlib import closing, contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -57,6 +64,12 @@ except ImportError:  # Windows: no flock; locks degrade to no-ops (one process p
 OK = "ok"
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS candidates (key TEXT PRIMARY KEY, row TEXT NOT NULL, "
            "created TEXT DEFAULT CURRENT_TIMESTAMP)")
+_STUDIES_SCHEMA = ("CREATE TABLE IF NOT EXISTS studies (id TEXT PRIMARY KEY, meta TEXT NOT NULL, "
+                   "rows TEXT NOT NULL DEFAULT '[]', n_rows INTEGER NOT NULL DEFAULT 0, "
+                   "n_ok INTEGER NOT NULL DEFAULT 0, finished INTEGER NOT NULL DEFAULT 0, "
+                   "created TEXT NOT NULL, started TEXT NOT NULL, updated TEXT NOT NULL)")
+_STUDY_COLUMNS = frozenset({"id", "meta", "rows", "n_rows", "n_ok", "finished", "created", "started", "updated"})
+_STUDY_SUMMARY = "id, meta, n_rows, n_ok, finished, created, started, updated"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _FIX = "pass store=... a folder you can write, or store=None for a temporary one"
 _OLD_SCRATCH_AGE_S = 3600.0  # tmp entries without an owner pid (older nbopt) are removed once this old
@@ -139,9 +152,13 @@ class Store:
                 return f"integrity check: {check[0][0] if check else 'no answer'}"
             with con:
                 con.execute(_SCHEMA)
+                con.execute(_STUDIES_SCHEMA)
             columns = {r[1] for r in con.execute("PRAGMA table_info(candidates)")}
             if not {"key", "row"} <= columns:
                 return "its candidates table has no key/row columns"
+            missing = _STUDY_COLUMNS - {r[1] for r in con.execute("PRAGMA table_info(studies)")}
+            if missing:
+                return f"its studies table has no {'/'.join(sorted(missing))} columns"
             # A write that is rolled back: a read-only database or a full disk shows up now, not mid-sweep.
             con.execute("BEGIN IMMEDIATE")
             try:
@@ -260,6 +277,61 @@ class Store:
             raise StoreWriteError(f"nbopt could not save candidate {key} in the store database '{self.db}' "
                                   f"({reason}); the result is kept in memory only: free disk space or make the "
                                   "store writable, and it will be built again on the next run.") from None
+
+    # -- studies ------------------------------------------------------------------------------------
+    def record_study(self, study_id: str, meta: dict) -> None:
+        """Record a study as it starts (its id and what it runs on: ``meta``), or, for an id already
+        recorded (the same study run again), replace its meta and mark it started now; its rows and
+        ``finished`` stay until ``update_study_rows``. ``StoreWriteError`` when it cannot be written."""
+        _safe_name(study_id)
+        text = self._study_json(study_id, meta, "its description")
+        now = _now()
+        self._write_study(study_id, "INSERT INTO studies (id, meta, created, started, updated) VALUES (?, ?, ?, ?, ?) "
+                          "ON CONFLICT(id) DO UPDATE SET meta = excluded.meta, started = excluded.started, "
+                          "updated = excluded.updated", (study_id, text, now, now, now))
+
+    def update_study_rows(self, study_id: str, rows: list[dict], finished: bool) -> None:
+        """Replace a recorded study's rows (the scored rows, in order) in one transaction; ``finished`` is
+        False while it runs and when it was stopped. ``StoreWriteError`` when it cannot be written, or when
+        ``study_id`` was never recorded."""
+        _safe_name(study_id)
+        rows = list(rows)
+        text = self._study_json(study_id, rows, "its rows")
+        n_ok = sum(isinstance(r, dict) and r.get("status") == OK for r in rows)
+        found = self._write_study(study_id, "UPDATE studies SET rows = ?, n_rows = ?, n_ok = ?, finished = ?, "
+                                  "updated = ? WHERE id = ?",
+                                  (text, len(rows), n_ok, int(bool(finished)), _now(), study_id))
+        if not found:
+            raise StoreWriteError(f"nbopt could not save the rows of study {study_id} in the store '{self.folder}': "
+                                  "the study was never recorded there (record_study failed or was not called).")
+
+    def studies(self) -> list[dict]:
+        """Every recorded study, most recently updated first: ``{"id", "meta", "rows" (count), "ok" (count),
+        "finished", "created", "started", "updated"}`` (times: UTC ISO 8601). A record whose meta cannot be
+        read is left out with a warning; an unreadable database is one ``NboptError``."""
+        return read_studies(self._connect, self.db)
+
+    def study(self, study_id: str) -> dict | None:
+        """One recorded study: ``{"id", "meta", "rows" (list of row dicts), "finished", "created", "started",
+        "updated"}``; None when there is no such id. An unreadable record or database is one ``NboptError``."""
+        return read_study(self._connect, self.db, study_id)
+
+    def _study_json(self, study_id: str, value: Any, what: str) -> str:
+        try:
+            return json.dumps(value, default=_json_default)
+        except (TypeError, ValueError) as exc:
+            raise StoreWriteError(f"nbopt could not save study {study_id} in the store: {what} cannot be written "
+                                  f"as JSON ({one_line(exc)}).") from None
+
+    def _write_study(self, study_id: str, sql: str, params: tuple) -> int:
+        try:
+            with closing(self._connect()) as con, con:
+                return con.execute(sql, params).rowcount
+        except (sqlite3.Error, OSError) as exc:
+            reason = _os_reason(exc) if isinstance(exc, OSError) else one_line(exc)
+            raise StoreWriteError(f"nbopt could not save study {study_id} in the store database '{self.db}' "
+                                  f"({reason}); its results are kept in memory only, and it cannot be reopened "
+                                  "after a restart until it is run again with a writable store.") from None
 
     # -- locks --------------------------------------------------------------------------------------
     @contextmanager
@@ -383,11 +455,85 @@ class Store:
 
 # -- helpers ----------------------------------------------------------------------------------------
 def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return value.tolist()
     if hasattr(value, "item"):
         return value.item()
     if isinstance(value, Path):
         return str(value)
     return str(value)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+# -- reading studies (also without a Store: read-only, for nbopt.open and nbopt report) ---------------------
+def read_only(db: Path):
+    """A connection factory that opens ``db`` read-only (nothing is created, a read-only folder works)."""
+    uri = Path(db).resolve().as_uri() + "?mode=ro"
+    return lambda: sqlite3.connect(uri, uri=True, timeout=30)
+
+
+def read_studies(connect, db: Path) -> list[dict]:
+    """The study summaries of a store database, most recently updated first (see ``Store.studies``)."""
+    found = _query(connect, db, f"SELECT {_STUDY_SUMMARY} FROM studies ORDER BY updated DESC, rowid DESC", ())
+    out = []
+    for rec in found:
+        item = _study_dict(rec)
+        if item is None:
+            warnings.warn(f"nbopt: the record of study {rec[0]} in {db} cannot be read; it is left out",
+                          stacklevel=3)
+            continue
+        item["rows"], item["ok"] = item.pop("n_rows"), item.pop("n_ok")
+        out.append(item)
+    return out
+
+
+def read_study(connect, db: Path, study_id: str) -> dict | None:
+    """One study with its rows (see ``Store.study``); None when there is no such id."""
+    found = _query(connect, db, f"SELECT {_STUDY_SUMMARY}, rows FROM studies WHERE id = ?", (study_id,))
+    if not found:
+        return None
+    item = _study_dict(found[0][:-1])
+    try:
+        rows = json.loads(found[0][-1])
+    except (TypeError, ValueError):
+        rows = None
+    if item is None or not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise NboptError(f"The record of study {study_id} in the store database '{db}' cannot be read; run the "
+                         "study again to record it afresh.")
+    del item["n_rows"], item["n_ok"]
+    item["rows"] = rows
+    return item
+
+
+def _query(connect, db: Path, sql: str, params: tuple) -> list[tuple]:
+    try:
+        with closing(connect()) as con:
+            return con.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):  # a store written before studies were recorded
+            return []
+        problem = exc
+    except sqlite3.Error as exc:
+        problem = exc
+    hint = (" (nbopt moves a corrupt database aside the next time a study runs on this store)"
+            if isinstance(problem, sqlite3.DatabaseError) and _is_corrupt(problem) else "")
+    raise NboptError(f"Cannot read the studies in the store database '{db}' ({one_line(problem)}){hint}.")
+
+
+def _study_dict(rec: tuple) -> dict | None:
+    names = [n.strip() for n in _STUDY_SUMMARY.split(",")]
+    item = dict(zip(names, rec))
+    try:
+        item["meta"] = json.loads(item["meta"])
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(item["meta"], dict):
+        return None
+    item["finished"] = bool(item["finished"])
+    return item
 
 
 def _safe_name(key: str) -> str:
@@ -505,15 +651,16 @@ def _remove_all(paths: set[Path], owner: int) -> None:
 
 
 # -- scratch space for code that has no store at hand (a backend's prepare, data loading) ----------------
-_scratch_store: contextvars.ContextVar[Store | None] = contextvars.ContextVar("nbopt_scratch", default=None)
+_scratch_store: contextvars.ContextVar[Store | Path | None] = contextvars.ContextVar("nbopt_scratch", default=None)
 
 
 @contextlib.contextmanager
-def scratch_in(store: Store):
-    """Inside this block, ``scratch_dir()`` makes its folders under ``store`` (removed with it)."""
-    token = _scratch_store.set(store)
+def scratch_in(where: Store | Path):
+    """Inside this block, ``scratch_dir()`` makes its folders under ``where``: a study's store (removed with
+    it), or a folder the study's process owns (what a worker process is given)."""
+    token = _scratch_store.set(where)
     try:
-        yield store
+        yield where
     finally:
         _scratch_store.reset(token)
 
@@ -521,9 +668,13 @@ def scratch_in(store: Store):
 def scratch_dir(prefix: str) -> Path:
     """A fresh scratch folder: under the running study's store, or (outside a study) in the system temp
     folder, removed when the process exits."""
-    store = _scratch_store.get()
-    if store is not None:
-        return store.scratch(prefix)
+    where = _scratch_store.get()
+    if isinstance(where, Store):
+        return where.scratch(prefix)
+    if where is not None:
+        path = Path(where) / f"{prefix}-{uuid.uuid4().hex[:12]}"
+        path.mkdir(parents=True)
+        return path
     path = Path(tempfile.mkdtemp(prefix=f"nbopt-{prefix}-"))
     atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path

@@ -321,6 +321,63 @@ class Panel(anywidget.AnyWidget):
         """``study.best`` for the budget set with the panel's slider."""
         return None if self.study is None else self.study.best(self.max_drop)
 
+    # ------------------------------------------------------------------------------------ reopening
+    @classmethod
+    def _open_stored(cls, store: Any = ".nbopt", study: str | None = None) -> "Panel":
+        """``Panel.open(store=".nbopt", study=None)``: a panel that redraws a study kept in ``store`` (after a
+        restart), without running anything: its plot, table and details, and export of its stored
+        artifacts. ``study``: its id or a unique prefix (see ``nbopt.open(store)``); None: the most recently
+        run one. A stopped study shows as stopped."""
+        from .reopen import load_study
+
+        panel = cls()
+        panel._show_stored(load_study(store, study))
+        return panel
+
+    class _Open:
+        """``Panel.open(...)`` on the class reopens a stored study (``_open_stored``); on a panel it stays
+        ipywidgets' own ``Widget.open()``, which opens the comm (``Widget.__init__`` calls it)."""
+
+        def __get__(self, obj, cls):
+            return cls._open_stored if obj is None else super(Panel, obj).open
+
+    open = _Open()
+
+    def _show_stored(self, stored) -> None:
+        self.study = stored
+        objective = stored.objectives[0] if stored.objectives else "size"
+        rows = [_json_row(c.row, i) for i, c in enumerate(stored.candidates)]
+        with self.hold_sync():
+            self.mode = "view"  # no Run, no recipe choice; Stop stays hidden (nothing runs)
+            self.metric = stored.metric.name
+            self.higher_is_better = bool(stored.metric.greater_is_better)
+            self.rows = rows
+            self.total = max(stored.total, len(rows))
+            self.done = len(rows)
+            self.durations = []
+            self.selected = ""
+            self.export_status = {}
+            self.sensitivity = []
+            self.sensitivity_note = ""
+            self.elapsed_s = self._run_seconds(stored.started, stored.updated)
+            self.message = f"Reopened from the store {stored.store}: {stored.describe()}."
+            if objective in _AXES:
+                self.x_axis = objective
+            if stored.max_accuracy_drop is not None:
+                self.max_drop = float(stored.max_accuracy_drop)
+            self.status = "done" if stored.finished else "stopped"
+
+    @staticmethod
+    def _run_seconds(started: str | None, updated: str | None) -> float:
+        """Seconds from the start of a stored study's last run to its last recorded row (0 when unknown)."""
+        from datetime import datetime
+
+        try:
+            seconds = (datetime.fromisoformat(updated) - datetime.fromisoformat(started)).total_seconds()
+        except (TypeError, ValueError):
+            return 0.0
+        return round(max(0.0, seconds), 2)
+
 
 SENSITIVITY_MAX_NODES = 200  # above this, the panel does not compute the sensitivity table on its own
 _SENSITIVITY_COLUMNS = ("node", "op_type", "params", "rel_error", "rank")
