@@ -295,12 +295,12 @@ def _direction(metric: str) -> str:
 def run_report(args: argparse.Namespace) -> int:
     """A recorded study rendered through ``StoredStudy`` (its own metric, rows as the study showed them);
     a store written before studies were recorded falls back to its candidate rows (``run_legacy_report``)."""
-    from .reopen import _studies, load_study
+    from .reopen import load_study, studies_in
 
     folder = Path(args.store)
     if folder.exists() and not folder.is_dir():
         raise NboptError(f"'{folder}' is a file, not a store folder: give the folder passed as --store.")
-    found = _studies(folder)[1]
+    found = studies_in(folder)[1]
     if not found and args.study is None and read_store_rows(folder):
         return run_legacy_report(args)
     stored = load_study(folder, args.study)

@@ -92,8 +92,17 @@ def backend_of(name: str, spec: tuple[str, str]):
     return _backends[name]
 
 
+_objects: dict[str, Any] = {}  # inline executor: the objects themselves, by the path they would have
+
+
+def remember(path: Path, obj: Any) -> None:
+    _objects[str(path)] = obj
+
+
 def load_blob(path: Path) -> Any:
     """An object the study's own process cloudpickled (the user's model, or a model file's path)."""
+    if str(path) in _objects:
+        return _objects[str(path)]
     with open(path, "rb") as f:
         return pickle.load(f)  # noqa: S301 - written by this study's own process, never user input
 

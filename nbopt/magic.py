@@ -40,6 +40,10 @@ _BODY_KEYS = {
     "seed": "seed",
     "batch_size": "batch_size",
     "labels": "labels",
+    "workers": "workers",
+    "executor": "executor",
+    "ray_address": "ray_address",
+    "timeout_s": "timeout_s",
 }
 
 
@@ -195,6 +199,18 @@ def _check(key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or (key != "seed" and value < 1):
             raise bad("an integer" if key == "seed" else "a positive integer")
         return value
+    if key in ("executor", "ray_address"):
+        if not isinstance(value, str):
+            raise bad("a name" if key == "executor" else "an address such as ray://host:10001")
+        return value
+    if key == "workers":
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise bad("a positive integer or auto")
+        return value
+    if key == "timeout_s":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise bad("a number of seconds > 0")
+        return float(value)
     if key == "labels":
         if not (isinstance(value, list) and value and all(isinstance(v, (str, int)) for v in value)):
             raise bad("a list of class names in the order of the model's outputs, e.g. [cat, dog]")

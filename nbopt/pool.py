@@ -2,104 +2,78 @@
 
 A native crash (a segfault or abort inside a converter or runtime) or a hang then costs one row, never
 the notebook's kernel: the pool notices a worker that died (its exit signal is in the row) or ran past
-``timeout_s`` (it is killed), replaces it and goes on. Workers are started with ``spawn`` (never a plain
-fork of a process whose torch / TensorFlow threads already run), stay warm between candidates and between
-studies of the same process, and share one ``MeasureGate``: builds may overlap, but latency and peak memory
-are measured while nothing else runs, so parallel builds never distort them.
+``timeout_s`` (it is killed), replaces it and goes on. Each worker is a fresh interpreter running
+``nbopt._worker`` (never a fork of a process whose torch / TensorFlow threads already run, and never
+multiprocessing's spawn, which re-runs the caller's main script in the child: a script that calls
+``nbopt.optimize()`` at top level would start workers forever). Workers stay warm between candidates and
+between the studies of one process, and share one ``MeasureGate``: builds may overlap, but latency and
+peak memory are measured while nothing else runs, so parallel builds never distort them.
 """
 from __future__ import annotations
 
 import atexit
-import multiprocessing as mp
+import os
+import shutil
 import signal
-import threading
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
-# -- the gate: builds in parallel, each measurement alone ---------------------------------------------------
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
 
 
 class MeasureGate:
-    """A readers-writer lock across processes: builds share it, a measurement takes it alone (and new
-    builds wait while a measurement is pending, so measurements are never starved)."""
+    """A readers-writer lock across processes, on two lock files: builds hold ``gate.lock`` shared, a
+    measurement holds it exclusively. A measurement first takes ``turnstile``, which every new build passes
+    through, so builds that start later wait and a measurement is never starved."""
 
-    def __init__(self, ctx):
-        self._cond = ctx.Condition()
-        self._builders = ctx.Value("i", 0, lock=False)
-        self._measuring = ctx.Value("i", 0, lock=False)
-        self._pending = ctx.Value("i", 0, lock=False)
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
 
     def building(self):
-        return _Hold(self._enter_build, self._exit_build)
+        return _Flock(self.folder, shared=True)
 
     def measuring(self):
-        return _Hold(self._enter_measure, self._exit_measure)
-
-    def _enter_build(self):
-        with self._cond:
-            while self._measuring.value or self._pending.value:
-                self._cond.wait()
-            self._builders.value += 1
-
-    def _exit_build(self):
-        with self._cond:
-            self._builders.value -= 1
-            self._cond.notify_all()
-
-    def _enter_measure(self):
-        with self._cond:
-            self._pending.value += 1
-            while self._measuring.value or self._builders.value:
-                self._cond.wait()
-            self._pending.value -= 1
-            self._measuring.value = 1
-
-    def _exit_measure(self):
-        with self._cond:
-            self._measuring.value = 0
-            self._cond.notify_all()
+        return _Flock(self.folder, shared=False)
 
 
-class _Hold:
-    def __init__(self, enter: Callable, leave: Callable):
-        self._enter, self._leave = enter, leave
+class _Flock:
+    def __init__(self, folder: Path, shared: bool):
+        self.folder, self.shared = folder, shared
+        self.fd: int | None = None
 
     def __enter__(self):
-        self._enter()
+        import fcntl
+
+        turnstile = os.open(self.folder / "turnstile", os.O_RDWR | os.O_CREAT, 0o600)
+        gate = os.open(self.folder / "gate.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(turnstile, fcntl.LOCK_EX)
+            if self.shared:  # pass through the turnstile, then share the gate
+                fcntl.flock(turnstile, fcntl.LOCK_UN)
+                fcntl.flock(gate, fcntl.LOCK_SH)
+            else:  # keep the turnstile until the gate is ours alone
+                fcntl.flock(gate, fcntl.LOCK_EX)
+        finally:
+            os.close(turnstile)  # closing releases it
+        self.fd = gate
         return self
 
     def __exit__(self, *exc):
-        self._leave()
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases its lock
+            self.fd = None
         return False
-
-
-# -- a worker ---------------------------------------------------------------------------------------------
-
-
-def _worker_main(conn, gate) -> None:
-    """The worker's loop: receive a job, run it, send the result dict back."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the notebook is the study's to handle
-    from . import jobs
-
-    while True:
-        try:
-            job = conn.recv()
-        except (EOFError, OSError):
-            return
-        if job is None:
-            return
-        if isinstance(job, jobs.PrepareJob):
-            result = jobs.run_prepare(job)
-        else:  # the build holds the gate's shared side, the measurement the whole gate (see run_candidate)
-            result = jobs.run_candidate(job, gate)
-        conn.send(result)
 
 
 @dataclass
 class _Worker:
-    process: Any
-    conn: Any
+    process: Any  # subprocess.Popen
+    inbox: Connection  # results from the worker
+    outbox: Connection  # jobs to the worker
     job: Any = None
     started: float = 0.0
     token: Any = None  # the caller's handle for the job in flight
@@ -111,78 +85,83 @@ class Finished:
 
     token: Any
     result: dict | None = None
-    error: str = ""  # "the worker died with signal 11 (SIGSEGV) while ..." / "timed out after N s"
+    error: str = ""  # "the worker died with signal 11 (SIGSEGV) while ..." / "timed out after N s ..."
 
 
 @dataclass
 class WorkerPool:
     size: int
-    ctx: Any = field(default_factory=lambda: mp.get_context("spawn"))
     workers: list[_Worker] = field(default_factory=list)
 
     def __post_init__(self):
-        self.gate = MeasureGate(self.ctx)
-        self._lock = threading.Lock()
+        self.gate_dir = Path(tempfile.mkdtemp(prefix="nbopt-gate-"))  # two empty lock files, removed at exit
 
     # -- workers ---------------------------------------------------------------------------------------
     def _spawn(self) -> _Worker:
-        parent, child = self.ctx.Pipe()
-        process = self.ctx.Process(target=_worker_main, args=(child, self.gate), name="nbopt-worker", daemon=True)
-        process.start()
-        child.close()
-        return _Worker(process, parent)
-
-    def _idle(self) -> _Worker | None:
-        self.workers = [w for w in self.workers if w.process.is_alive() or w.job is not None]
-        for w in self.workers:
-            if w.job is None:
-                return w
-        if len(self.workers) < self.size:
-            self.workers.append(self._spawn())
-            return self.workers[-1]
-        return None
+        child_in, parent_out = os.pipe()  # jobs: the parent writes, the worker reads
+        parent_in, child_out = os.pipe()  # results: the worker writes, the parent reads
+        # the caller's import path, so that a plug-in backend or a model's own module imports there too
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        process = subprocess.Popen([sys.executable, "-m", "nbopt._worker", str(child_in), str(child_out),
+                                    str(self.gate_dir)], pass_fds=(child_in, child_out), env=env,
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)  # Ctrl-C in the notebook is the study's to handle
+        os.close(child_in)
+        os.close(child_out)
+        return _Worker(process, Connection(parent_in, writable=False), Connection(parent_out, readable=False))
 
     @property
     def free(self) -> int:
-        busy = sum(w.job is not None for w in self.workers)
-        return self.size - busy
+        return self.size - sum(w.job is not None for w in self.workers)
 
     def submit(self, job, token) -> None:
-        worker = self._idle()
+        import cloudpickle
+
+        self.workers = [w for w in self.workers if w.process.poll() is None or w.job is not None]
+        worker = next((w for w in self.workers if w.job is None), None)
         if worker is None:
-            raise RuntimeError("no idle worker")  # the caller checks ``free`` first
+            if len(self.workers) >= self.size:
+                raise RuntimeError("no idle worker: check WorkerPool.free first")
+            worker = self._spawn()
+            self.workers.append(worker)
         worker.job, worker.token, worker.started = job, token, time.monotonic()
-        worker.conn.send(job)
+        try:
+            worker.outbox.send_bytes(cloudpickle.dumps(job))
+        except OSError:  # the idle worker had died: its row says so on the next wait()
+            pass
 
     # -- results ---------------------------------------------------------------------------------------
-    def wait(self, timeout_s: float, poll: float = 0.2) -> list[Finished]:
+    def wait(self, timeout_s: float, poll: float = 0.5) -> list[Finished]:
         """Block until at least one job in flight is done (or failed); returns every one that is."""
         while True:
             done = self.collect(timeout_s)
-            if done or not any(w.job is not None for w in self.workers):
+            busy = [w for w in self.workers if w.job is not None]
+            if done or not busy:
                 return done
-            _wait_any([w.conn for w in self.workers if w.job is not None], poll)
+            wait([w.inbox for w in busy], poll)
 
     def collect(self, timeout_s: float) -> list[Finished]:
         done = []
         for w in self.workers:
-            if w.job is None:
-                continue
-            finished = self._check(w, timeout_s)
-            if finished is not None:
-                done.append(finished)
-                w.job, w.token = None, None
+            if w.job is not None:
+                finished = self._check(w, timeout_s)
+                if finished is not None:
+                    done.append(finished)
+                    w.job, w.token = None, None
         return done
 
     def _check(self, w: _Worker, timeout_s: float) -> Finished | None:
-        if w.conn.poll():
+        import pickle
+
+        if w.inbox.poll():
             try:
-                return Finished(w.token, result=w.conn.recv())
+                return Finished(w.token, result=pickle.loads(w.inbox.recv_bytes()))  # noqa: S301 - our worker
             except (EOFError, OSError):
                 pass  # died while sending: its exit code says how
-        if not w.process.is_alive():
-            w.process.join()
-            return Finished(w.token, error=_death(w.process.exitcode, _what(w.job)))
+        code = w.process.poll()
+        if code is not None:
+            self._discard(w)
+            return Finished(w.token, error=_death(code, _what(w.job)))
         if time.monotonic() - w.started > timeout_s:
             self._kill(w)
             return Finished(w.token, error=f"timed out after {timeout_s:g} s while {_what(w.job)} "
@@ -191,34 +170,33 @@ class WorkerPool:
 
     def _kill(self, w: _Worker) -> None:
         w.process.kill()
-        w.process.join(5)
-        w.conn.close()
+        w.process.wait(10)
+        self._discard(w)
+
+    def _discard(self, w: _Worker) -> None:
+        for conn in (w.inbox, w.outbox):
+            conn.close()
+        self.workers = [x for x in self.workers if x is not w]
 
     def cancel(self) -> None:
-        """Stop every job in flight now (their workers are killed and replaced on the next submit)."""
-        for w in self.workers:
+        """Stop every job in flight now (their workers are killed; new ones start on the next submit)."""
+        for w in list(self.workers):
             if w.job is not None:
                 self._kill(w)
-                w.job, w.token = None, None
 
     def close(self) -> None:
-        for w in self.workers:
-            try:
-                if w.job is None and w.process.is_alive():
-                    w.conn.send(None)
-                    w.process.join(5)
-            except (OSError, ValueError):
-                pass
-            if w.process.is_alive():
+        for w in list(self.workers):
+            if w.job is None and w.process.poll() is None:
+                try:
+                    w.outbox.send_bytes(b"")  # the worker's signal to leave
+                    w.process.wait(5)
+                except (OSError, subprocess.TimeoutExpired):
+                    pass
+            if w.process.poll() is None:
                 w.process.kill()
-                w.process.join(5)
-        self.workers = []
-
-
-def _wait_any(conns: list, timeout: float) -> None:
-    from multiprocessing.connection import wait
-
-    wait(conns, timeout)
+                w.process.wait(5)
+            self._discard(w)
+        shutil.rmtree(self.gate_dir, ignore_errors=True)
 
 
 def _what(job) -> str:
@@ -229,11 +207,10 @@ def _what(job) -> str:
     return f"building {job.name}"
 
 
-def _death(code: int | None, what: str) -> str:
-    if code is not None and code < 0:
+def _death(code: int, what: str) -> str:
+    if code < 0:
         try:
-            sig = signal.Signals(-code)
-            how = f"signal {-code} ({sig.name})"
+            how = f"signal {-code} ({signal.Signals(-code).name})"
         except ValueError:
             how = f"signal {-code}"
         if -code == signal.SIGKILL:

@@ -11,6 +11,7 @@ The Study writes the record (``study_record`` gives its id and meta): ``Store.re
 """
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +80,7 @@ def open(store: Any = ".nbopt"):  # noqa: A001 - nbopt.open, as the contract nam
     (local time). Redraw one with ``nbopt.Panel.open(store, study=...)``."""
     import pandas as pd
 
-    folder, found = _studies(store)
+    folder, found = studies_in(store)
     if not found:
         _say_if_legacy(folder)
     short = _short_ids([s["id"] for s in found])
@@ -94,14 +95,18 @@ def open(store: Any = ".nbopt"):  # noqa: A001 - nbopt.open, as the contract nam
     return df
 
 
-def _studies(store: Any) -> tuple[Path, list[dict]]:
+def studies_in(store: Any) -> tuple[Path, list[dict]]:
+    """``(folder, Store.studies()-like summaries)`` of a store, read-only."""
     folder = _folder(store)
     db = folder / DB_NAME
     return folder, read_studies(read_only(db), db)
 
 
 def _folder(store: Any) -> Path:
-    folder = Path(getattr(store, "folder", store))  # a Store, a Study's store, or a path
+    store = getattr(store, "folder", store)  # a Store (study.store) or a path
+    if not isinstance(store, (str, os.PathLike)):
+        raise NboptError(f"store must be a store folder (a path, default .nbopt), got {type(store).__name__}.")
+    folder = Path(store)
     if not folder.is_dir():
         raise NboptError(f"There is no store folder '{folder}': give the folder passed as store=... "
                          "(default .nbopt).")
@@ -164,7 +169,7 @@ def _local_tz():
 def load_study(store: Any = ".nbopt", study: str | None = None) -> "StoredStudy":
     """The study ``study`` of ``store`` (its id or a unique prefix of it, as git takes commit ids; None: the
     most recently updated one), read-only. An unknown or ambiguous prefix is one ``NboptError``."""
-    folder, found = _studies(store)
+    folder, found = studies_in(store)
     if not found:
         raise NboptError(f"The store '{folder}' holds no recorded study yet: run nbopt.optimize(..., "
                          f"store='{folder}') first (a store written by an older nbopt has none).")

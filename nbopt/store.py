@@ -98,7 +98,7 @@ class Store:
     folders of candidates that never got a row) and is then ready for ``get`` / ``put``."""
 
     def __init__(self, folder: str | os.PathLike):
-        self.folder = Path(folder)
+        self.folder = Path(folder).absolute()  # workers run in other folders: paths must not depend on cwd
         self.db = self.folder / "nbopt.sqlite"
         self._created: set[Path] = set()  # scratch / work folders this object made and has not handed on
         self._held: dict[tuple[int, str], list] = {}  # (thread, key) -> [fd, depth]: lock() is re-entrant

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 import traceback
 import warnings
 from dataclasses import dataclass, field
@@ -18,17 +17,19 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ._version import __version__
-from .backends import default_backends, get_backend, model_kind, sensitivity_capable
-from .backends.base import Artifact, Backend, Context
+from .backends import backend_spec, default_backends, get_backend, model_kind, sensitivity_capable
+from .backends.base import Artifact, Backend
 from .data import Data, load
-from .errors import CandidateError, NboptError, one_line
-from .evaluator import LatencySettings, measure, score
+from .errors import NboptError, one_line
+from .evaluator import LatencySettings, score
+from .executors import DEFAULT_TIMEOUT_S, EXECUTORS, check_timeout, check_workers, make_executor
+from .jobs import CandidateJob, PrepareJob, load_blob, rebased, remember
 from .metrics import Metric, get_metric
 from .pareto import OBJECTIVES, pareto_mask, resolve
 from .quiet import candidate_log, quiet, write_log
 from .recipes import MONOTONE_PARAMS, RECIPES, Recipe, missing_calib, parse_recipes
-from .schema import COLUMN_NAMES, FAILED, OK, SKIPPED, empty_row, info_columns, public
-from .speed import cpu_features, no_speedup_reasons, recipe_check
+from .schema import COLUMN_NAMES, FAILED, OK, SKIPPED, empty_row, public
+from .speed import cpu_features, no_speedup_reasons
 from .stats import label_names, row_columns
 from .store import Store, StoreWriteError, candidate_key, scratch_in
 
@@ -73,7 +74,9 @@ class Study:
                  max_accuracy_drop: float | None = None, store: str | Path | None = ".nbopt",
                  objectives: Sequence[str] = ("size", "accuracy"), n_calib: int = 256, seed: int = 0,
                  callbacks: Iterable[Callback] = (), progress: bool = True, measure_memory: bool = True,
-                 latency: LatencySettings | None = None, batch_size: int = 1, labels: Sequence[str] | None = None):
+                 latency: LatencySettings | None = None, batch_size: int = 1, labels: Sequence[str] | None = None,
+                 workers: int | str = 1, executor: str = "local", ray_address: str | None = None,
+                 timeout_s: float = DEFAULT_TIMEOUT_S):
         if not backends:
             model_kind(model)  # an unusable model is the first thing to say (named backends check it below)
         self.metric: Metric = get_metric(metric)
@@ -88,13 +91,19 @@ class Study:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise NboptError(f"batch_size must be a positive integer (the batch the phone runs), got {batch_size!r}.")
         self.latency = latency or LatencySettings(batch_size=batch_size)
+        self.workers, self.timeout_s = check_workers(workers), check_timeout(timeout_s)
+        if executor not in EXECUTORS:
+            raise NboptError(f"Unknown executor {executor!r}; known executors: {', '.join(EXECUTORS)}.")
         self.backends: dict[str, Backend] = self._backends(model, backends)
         self.model = model
         self.store = Store(store if store is not None else _tempdir())  # None: a folder removed at exit
-        with scratch_in(self.store):  # Arrow files of in-memory data, exported models: under the store
+        with scratch_in(self.store):  # Arrow files of in-memory data: under the store
             self._load_data(model, calib, eval, n_calib, labels)
-            self._prepared, self._unusable = self._prepare(model)
-        self._model_fp = self._fingerprints()
+        self._executor = make_executor(executor, self.workers, self.timeout_s, ray_address)
+        self._model_path = self._send_model(model)
+        self._prep, self._unusable = self._prepare_all()
+        self._prepared_cache: dict[str, Any] = {}
+        self._model_fp = {n: (self._prep[n]["fingerprint"] if n in self._prep else "unusable") for n in self.backends}
         self.plan: list[Planned] = self._plan(parse_recipes(recipes))
         self.candidates: list[Candidate] = []
         self._callbacks: list[Callback] = list(callbacks)
@@ -130,29 +139,68 @@ class Study:
             out[name] = backend
         return out
 
-    def _prepare(self, model: Any) -> tuple[dict[str, Any], dict[str, str]]:
-        """Each backend's prepared model; a backend that cannot convert this model (CandidateError) keeps
-        its reason and shows up as a failed baseline row, so the other backends still run."""
-        prepared, unusable = {}, {}
-        for name, backend in self.backends.items():
-            try:
-                with candidate_log(self.store.log_path(f"prepare-{name}")), quiet():
-                    prepared[name] = backend.prepare(model, self.eval_data)
-            except CandidateError as exc:
-                unusable[name] = one_line(exc)
-        return prepared, unusable
+    def _send_model(self, model: Any) -> Path:
+        """The user's model, cloudpickled once into the store's scratch: what every worker reads."""
+        import cloudpickle
 
-    def _fingerprints(self) -> dict[str, str]:
-        """Per backend, the hash of what it compiles (exported graph and weights): the model part of every
-        store key, so that editing forward() or a weight re-measures."""
-        out = {}
-        for name, backend in self.backends.items():
-            if name in self._prepared:
-                with candidate_log(self.store.log_path(f"prepare-{name}")), quiet():
-                    out[name] = backend.fingerprint(self._prepared[name])
+        path = self.store.scratch("model") / "model.pkl"
+        if not self._executor.isolated:
+            remember(path, model)  # inline: the very object, no copy
+            return path
+        try:
+            path.write_bytes(cloudpickle.dumps(model))
+        except Exception as exc:  # noqa: BLE001
+            raise NboptError(f"nbopt cannot send the model ({type(model).__name__}) to its worker processes "
+                             f"({one_line(exc, 200)}): define its class in a module (a .py file next to the "
+                             "notebook) and import it, or pass an exported file (torch.export.save to a .pt2, "
+                             "or an .onnx file).") from None
+        return path
+
+    def _prepare_all(self) -> tuple[dict[str, dict], dict[str, str]]:
+        """Each backend converts the model in a worker (an exporter that crashes costs that backend only):
+        its default recipes, the fingerprint of what it compiles (the model part of every store key, so
+        that editing forward() or a weight re-measures) and the prepared model for the candidates. A
+        backend that cannot take the model keeps its reason and shows up as a failed baseline row."""
+        jobs = [PrepareJob(name, backend_spec(name), self._model_path, self.eval_data,
+                           self.store.scratch(f"prepare-{name}"), self.store.log_path(f"prepare-{name}"))
+                for name in self.backends]
+        prep, unusable, usage = {}, {}, []
+        for job, done in self._run_all(jobs):
+            result = done.result or {"unusable": done.error}
+            if "usage" in result:
+                usage.append(result["usage"])
+            elif "unusable" in result:
+                unusable[job.backend] = result["unusable"]
             else:
-                out[name] = "unusable"
-        return out
+                prep[job.backend] = result
+        if usage:
+            raise NboptError(usage[0])
+        return prep, unusable
+
+    def _run_all(self, jobs: list) -> list[tuple[Any, Any]]:
+        """Run jobs on the executor, as many at a time as it takes; (job, Finished) in the jobs' order."""
+        pending, done = list(enumerate(jobs)), {}
+        while pending or len(done) < len(jobs):
+            while pending and self._executor.capacity > 0:
+                i, job = pending.pop(0)
+                self._executor.submit(job, i)
+            for fin in self._executor.wait():
+                done[fin.token] = fin
+        return [(job, done[i]) for i, job in enumerate(jobs)]
+
+    def prepared(self, backend: str) -> Any:
+        """The backend's prepared model in this process (for analyses such as layer sensitivity)."""
+        if backend in self._unusable:
+            raise NboptError(f"The {backend} backend could not take the model: {self._unusable[backend]}")
+        if backend not in self._prepared_cache:
+            info = self._prep[backend]
+            if info.get("prepared") is not None:
+                self._prepared_cache[backend] = load_blob(info["prepared"])
+            else:
+                with candidate_log(self.store.log_path(f"prepare-{backend}")), quiet(), scratch_in(self.store):
+                    self._prepared_cache[backend] = self.backends[backend].prepare(load_blob(self._model_path),
+                                                                                    self.eval_data)
+        return self._prepared_cache[backend]
 
     def _plan(self, recipes: list[Recipe] | None) -> list[Planned]:
         if recipes is not None:
@@ -163,7 +211,7 @@ class Study:
             if name in self._unusable:
                 plan += [Planned(name, r, f"the {name} backend could not take the model") for r in recipes or []]
                 continue
-            chosen = recipes if recipes is not None else backend.default_recipes(self._prepared[name])
+            chosen = recipes if recipes is not None else self._prep[name]["defaults"]
             for recipe in chosen:
                 full, reason = backend.resolve(recipe)
                 plan.append(Planned(name, full, reason or self._missing_data(full)))
@@ -230,28 +278,27 @@ class Study:
         return len(self.backends) + len(self.plan)
 
     def run(self) -> "Study":
-        """Build and measure every planned candidate. ``KeyboardInterrupt`` keeps (and stores) what finished,
-        then propagates so that "Run all" stops; ``nbopt.last_study()`` returns the partial study."""
+        """Build and measure every planned candidate (in worker processes, ``workers`` at a time).
+        ``KeyboardInterrupt`` keeps (and stores) what finished, then propagates so that "Run all" stops;
+        ``nbopt.last_study()`` returns the partial study."""
         global _LAST
         _LAST = self
         self._stop.clear()
         self.stopped = False
         self.candidates = []  # a second run() re-reads every finished row from the store
+        self._record_study()  # before study_started: listeners may read self.study_id
         self._emit("study_started", {"total": self.total})
         bar = _progress_bar(self.total) if self.progress else None
-        broken: set[tuple] = set()
+        self._inflight: dict[str, tuple] = {}
+        completed = False
         try:
-            for name in self.backends:
-                self._record(self._baseline(name), bar)
-            for item in self.plan:
-                if self._stop.is_set():
-                    self.stopped = True
-                    break
-                row = self._skip_row(item, broken) or self._candidate(item)
-                self._record(row, bar)
-                if self._breaks_budget(row):
-                    broken.add(_monotone_group(item))
+            for name in self._unusable:
+                self._record(self._unusable_row(name), bar)
+            self._sweep([Planned(n, BASELINE) for n in self.backends if n not in self._unusable], bar)
+            self._sweep(self.plan, bar)
+            completed = True
         except KeyboardInterrupt:
+            self._abandon()
             self.stopped = True
             warnings.warn("nbopt: sweep interrupted; the finished candidates are kept (and stored): "
                           "nbopt.last_study() returns them.")
@@ -259,28 +306,133 @@ class Study:
         finally:
             if bar is not None:
                 bar.close()
+            self._save_rows(finished=completed and not self.stopped)
             self._emit("study_finished", {"stopped": self.stopped})
         return self
 
+    # -- the study's record in the store (nbopt.open, nbopt.Panel.open, nbopt report) ----------------
+    def _record_study(self) -> None:
+        from .reopen import study_record
+
+        self.study_id, meta = study_record(self, model=_describe(self.model))
+        self._recorded = self._store_write(self.store.record_study, self.study_id, meta)
+
+    def _save_rows(self, finished: bool) -> None:
+        """The rows as ``results`` shows them (with their artifact files, for export), after every candidate:
+        an interrupted study can be reopened; a failed write warns once and the sweep goes on."""
+        if self._recorded:
+            self._recorded = self._store_write(self.store.update_study_rows, self.study_id,
+                                               [c.row for c in self.candidates], finished)
+
+    @staticmethod
+    def _store_write(write, *args) -> bool:
+        try:
+            write(*args)
+            return True
+        except StoreWriteError as exc:
+            warnings.warn(f"nbopt: {one_line(exc)}")
+            return False
+
+    def _sweep(self, items: list[Planned], bar) -> None:
+        """Dispatch ``items`` as the executor has room, record each row as it finishes. After Stop, nothing
+        new starts and what is running finishes."""
+        pending, broken = list(items), set()
+        while pending or self._inflight:
+            while pending and self._executor.capacity > 0 and not self._stop.is_set():
+                item = pending.pop(0)
+                row = self._skip_row(item, broken) or self._dispatch(item)
+                if row is not None:  # skipped, or served from the store
+                    self._record(self._rated(item, row), bar)
+            if self._stop.is_set():
+                self.stopped = True
+                pending = []
+            if not self._inflight:
+                continue
+            for done in self._executor.wait():
+                item, row = self._collect(done)
+                row = self._rated(item, row)
+                self._record(row, bar)
+                if self._breaks_budget(row):
+                    broken.add(_monotone_group(item))
+
+    def _dispatch(self, item: Planned) -> dict | None:
+        """The stored row, or None once the candidate's job is on its way (its key locked meanwhile, so
+        a second process on the same store waits and then reuses the row)."""
+        key = self._key(item)
+        lock = self.store.lock(key)
+        lock.__enter__()
+        cached = self.store.get(key)  # ok rows only: failed and skipped ones are built again
+        if cached is not None:
+            lock.__exit__(None, None, None)
+            self._emit("candidate_started", self._started(item, cached=True))
+            return self._scored(item, cached)
+        self._emit("candidate_started", self._started(item, cached=False))
+        log = self.store.log_path(key)
+        log.write_text("")  # a fresh log per build (a retried candidate does not inherit old output)
+        workdir = self.store.workdir()
+        prep = self._prep[item.backend]
+        job = CandidateJob(key, item.name, item.backend, backend_spec(item.backend), item.recipe,
+                           prep.get("prepared"), self._model_path, self.eval_data, self.calib_data, self.seed,
+                           self.latency, self.measure_memory, workdir, log)
+        self._inflight[key] = (item, workdir, lock)
+        self._executor.submit(job, key)
+        return None
+
+    def _collect(self, done) -> tuple[Planned, dict]:
+        """A finished job's row: its files moved into the store, the row stored, the key unlocked."""
+        item, workdir, lock = self._inflight.pop(done.token)
+        row = _empty_row(item)
+        row["log"] = str(self.store.log_path(done.token))
+        try:
+            if done.result is None:  # the worker died or timed out: say so, in the row and its log
+                row.update(status=FAILED, error=done.error[:1].upper() + done.error[1:] + ".")
+                with open(row["log"], "a") as f:
+                    f.write(row["error"] + "\n")
+            else:
+                row.update(done.result)
+            if row["status"] == OK:
+                final = self.store.commit_files(done.token, workdir)
+                row = rebased(row, workdir, final)
+            else:
+                self.store.discard(workdir)
+            try:
+                self.store.put(done.token, row)
+            except StoreWriteError as exc:  # the row stays in this study; only its reuse is lost
+                row["notes"] = "; ".join(p for p in (row.get("notes"), f"not stored: {one_line(exc)}") if p)
+        finally:
+            lock.__exit__(None, None, None)
+        return item, self._scored(item, row)
+
+    def _abandon(self) -> None:
+        """After an interrupt: stop the jobs in flight, drop their unfinished files, unlock their keys."""
+        self._executor.cancel()
+        for item, workdir, lock in self._inflight.values():
+            self.store.discard(workdir)
+            lock.__exit__(None, None, None)
+        self._inflight = {}
+
     def _record(self, row: dict, bar) -> None:
         self.candidates.append(Candidate(row, self))
+        self._save_rows(finished=False)
         event = "candidate_failed" if row["status"] == FAILED else "candidate_finished"
         self._emit(event, {"row": public(row)})
         if bar is not None:
             bar.set_postfix_str(row["name"][:40])
             bar.update(1)
 
-    def _baseline(self, name: str) -> dict:
-        if name in self._unusable:
-            row = _empty_row(Planned(name, BASELINE))
-            row.update(status=FAILED, error=self._unusable[name], log=str(self.store.log_path(f"prepare-{name}")))
-        else:
-            row = self._build(Planned(name, BASELINE))
+    def _unusable_row(self, name: str) -> dict:
+        row = _empty_row(Planned(name, BASELINE))
+        row.update(status=FAILED, error=self._unusable[name], log=str(self.store.log_path(f"prepare-{name}")))
         self._baseline_rows[name] = row
         return row
 
-    def _candidate(self, item: Planned) -> dict:
-        row = self._build(item)
+    def _rated(self, item: Planned, row: dict) -> dict:
+        """Size ratio, drop and speed notes against the same backend's baseline (a baseline is kept)."""
+        if item.recipe is BASELINE:
+            if row["status"] == OK:
+                row["size_ratio"] = 1.0
+            self._baseline_rows[item.backend] = row
+            return row
         base = self._baseline_rows.get(item.backend, {})
         if row["status"] == OK and base.get("status") == OK:
             row["size_ratio"] = row["size_bytes"] / base["size_bytes"]
@@ -299,80 +451,6 @@ class Study:
                              params=item.recipe.params_json(),
                              versions=backend.versions(), nbopt=__version__, latency=vars(self.latency),
                              memory=self.measure_memory)
-
-    def _build(self, item: Planned) -> dict:
-        """Reuse a stored row, or build the artifact, measure it and store the row. The key's lock is held
-        throughout, so a second process on the same store waits and then reuses this row."""
-        key = self._key(item)
-        with self.store.lock(key):
-            cached = self.store.get(key)  # ok rows only: failed and skipped ones are built again
-            if cached is not None:
-                self._emit("candidate_started", self._started(item, cached=True))
-                return self._scored(item, cached)
-            self._emit("candidate_started", self._started(item, cached=False))
-            row = self._measured(item, key)
-            try:
-                self.store.put(key, row)
-            except StoreWriteError as exc:  # the row stays in this study; only its reuse is lost
-                row["notes"] = "; ".join(p for p in (row.get("notes"), f"not stored: {one_line(exc)}") if p)
-        return self._scored(item, row)
-
-    def _measured(self, item: Planned, key: str) -> dict:
-        """Build and measure one candidate; any failure is the row's error (its traceback in the log)."""
-        store = self.store
-        row = _empty_row(item)
-        workdir = store.workdir()
-        log = store.log_path(key)
-        log.write_text("")  # a fresh log per build (a retried candidate does not inherit old output)
-        row["log"] = str(log)
-        t0 = time.perf_counter()
-        # Everything the libraries print (C++ included) goes to the candidate's log, not the notebook.
-        with candidate_log(log), quiet():
-            try:
-                artifact = self._artifact(item, workdir)
-                final = store.commit_files(key, workdir)
-                artifact = _rebase(artifact, workdir, final)
-                self._measure(item, artifact, row, final)
-            except KeyboardInterrupt:
-                store.discard(workdir)
-                raise
-            except Exception as exc:  # a failed candidate is a row with its error, not a crash
-                store.discard(workdir)
-                write_log(traceback.format_exc())
-                row.update(status=FAILED, error=one_line(exc))
-        row["build_seconds"] = round(time.perf_counter() - t0, 3)
-        return row
-
-    def _artifact(self, item: Planned, workdir: Path) -> Artifact:
-        backend = self.backends[item.backend]
-        prepared = self._prepared[item.backend]
-        ctx = Context(workdir=workdir, calib=self.calib_data, seed=self.seed)
-        if item.recipe is BASELINE:
-            return backend.baseline(prepared, ctx)
-        return backend.apply(prepared, item.recipe, ctx)
-
-    def _measure(self, item: Planned, artifact: Artifact, row: dict, folder: Path) -> None:
-        row.update(info_columns(artifact.info))
-        row.update(status=OK, format=artifact.format, size_bytes=artifact.size_bytes, notes=artifact.notes,
-                   artifact_path=str(artifact.path), artifact_files=[str(f) for f in artifact.files])
-        row["size_breakdown"] = self._size_breakdown(item.backend, artifact)
-        check = recipe_check(item.recipe.name, row["size_breakdown"])  # did the recipe do what it says?
-        if check:
-            row["notes"] = "; ".join(p for p in (row["notes"], check) if p)
-        if item.recipe is BASELINE:
-            row.update(size_ratio=1.0)
-        if artifact.info.get("unmeasured"):  # this runtime cannot run here: the columns stay empty
-            row["notes"] = "; ".join(p for p in (artifact.notes, artifact.info["unmeasured"]) if p)
-            return
-        m = measure(self.backends[item.backend], artifact, self.eval_data, self.latency, self.measure_memory)
-        bad = int(np.size(m.outputs) - np.isfinite(m.outputs).sum()) if np.issubdtype(m.outputs.dtype, np.floating) else 0
-        if bad:
-            raise CandidateError(f"The candidate's outputs contain {bad} NaN or inf values on the evaluation data "
-                                 "(an overflow after quantization?); its accuracy cannot be measured.")
-        np.save(folder / "outputs.npy", m.outputs)
-        row.update(outputs_path=str(folder / "outputs.npy"), latency_ms=m.latency_ms,
-                   latency_p90_ms=m.latency_p90_ms, peak_memory_mb=m.peak_memory_mb, threads=m.threads,
-                   batch_size=m.batch_size)
 
     def _size_breakdown(self, backend: str, artifact: Artifact) -> dict | None:
         """Where the bytes go, read from the artifact; a file the reader cannot parse costs the row nothing."""
@@ -447,21 +525,21 @@ class Study:
     @property
     def sensitivity_backends(self) -> list[str]:
         """The study's backends that can measure per-layer sensitivity (and took the model)."""
-        return [n for n, b in self.backends.items() if b.supports_sensitivity and n not in self._unusable]
+        return [n for n, b in self.backends.items() if b.supports_sensitivity and n in self._prep]
 
     def sensitivity_table(self, backend: str = "onnx"):
         """Per-layer sensitivity (which layers break accuracy when quantized), measured on the calibration
         data: a DataFrame ranked most-sensitive first. Computed once, then cached."""
         if backend not in self.sensitivity:
             analyzer = self._sensitivity_backend(backend)
-            self.sensitivity[backend] = analyzer.sensitivity(self._prepared[backend], self.calib_data)
+            self.sensitivity[backend] = analyzer.sensitivity(self.prepared(backend), self.calib_data)
         return self.sensitivity[backend]
 
     def sensitivity_cost(self, backend: str = "onnx") -> tuple[bool, int]:
         """(already measured, number of layers the analysis would quantize one at a time)."""
         if backend in self.sensitivity:
             return True, len(self.sensitivity[backend])
-        return self._sensitivity_backend(backend).sensitivity_cost(self._prepared[backend], self.calib_data)
+        return self._sensitivity_backend(backend).sensitivity_cost(self.prepared(backend), self.calib_data)
 
     def _sensitivity_backend(self, backend: str) -> Backend:
         if backend in self._unusable:
@@ -590,6 +668,22 @@ def _label_ids(model: Any, names: Sequence[str] | None, metric: Metric, eval_dat
     fixed = [d.with_label_ids(names, role) if d is not None and d.string_labels else d
              for d, role in ((eval_data, "eval"), (calib, "calib"))]
     return fixed[0], fixed[1], names
+
+
+def _describe(model: Any) -> str:
+    """A few words on the model for the store's list of studies: 'torch Net (151,306 parameters)'."""
+    if isinstance(model, (str, Path)):
+        return f"file {Path(model).name}"
+    kind = type(model).__module__.split(".")[0]
+    count = None
+    try:
+        if hasattr(model, "parameters"):
+            count = sum(int(p.numel()) for p in model.parameters())
+        elif hasattr(model, "count_params"):
+            count = int(model.count_params())
+    except Exception:  # noqa: BLE001 - a description is never worth a failure
+        pass
+    return f"{kind} {type(model).__name__}" + (f" ({count:,} parameters)" if count is not None else "")
 
 
 def _empty_row(item: Planned) -> dict:

@@ -187,8 +187,7 @@ def test_jupyterlab_live_panel(server, page, shots):
     assert target is not None, "no hover label for the int8-dynamic point"
     text = pnl.locator(".hoverlayer .hovertext").text_content()
     for needle in ("recipe: int8-dynamic", "params:", "slow_accuracy:", "vs baseline (95 % interval):", "size:",
-                   "latency (median):",
-                   "peak memory:"):
+                   "latency (median):", "peak memory:"):
         assert needle in text, text
     pnl.screenshot(path=str(shots / "lab-2-hover.png"))
 

@@ -230,7 +230,8 @@ def test_panel_follows_failed_and_skipped_rows(tiny, tmp_path, monkeypatch):
     monkeypatch.setitem(FakeBackend.handlers, "fp16", dataclasses.replace(FakeBackend.handlers["fp16"], handler=broken))
     net, calib, val = tiny
     study = Study(net, calib=calib, eval=val, backends=[BACKEND], store=tmp_path / "st", progress=False,
-                  recipes=["fp16", {"int8-static": {"calibration": "entropy"}}, "int8-dynamic"])
+                  recipes=["fp16", {"int8-static": {"calibration": "entropy"}}, "int8-dynamic"],
+                  executor="inline")  # the patched handler lives in this process
     panel = Panel.follow(study)
     seen = []
     panel.observe(lambda change: seen.append(len(change["new"])), names="rows")

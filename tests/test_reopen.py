@@ -272,6 +272,21 @@ def test_export_from_a_reopened_study(two, tmp_path):
         skipped.export(tmp_path / "x")
 
 
+def test_rows_recorded_without_their_files_get_them_from_the_store(two, tmp_path):
+    from nbopt.schema import public
+
+    folder = tmp_path / "copy"
+    shutil.copytree(two.store, folder)
+    store = Store(folder)
+    store.record_study("feed", {"model": "m", "metric": "accuracy"})
+    store.update_study_rows("feed", [public(c.row) for c in two.first.candidates], finished=True)
+    stored = load_study(folder, "feed")
+    fp16 = stored.candidates[1].row
+    assert fp16["artifact_files"] == [str(folder / Path(f).relative_to(two.store))
+                                      for f in two.first.candidates[1].row["artifact_files"]]
+    assert "artifact_files" not in stored.results.columns and stored.candidates[1].export(tmp_path / "x").exists()
+
+
 def test_a_moved_store_still_reopens_and_exports(two, tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(two.store, moved)

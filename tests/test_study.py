@@ -182,6 +182,7 @@ def test_changed_metric_is_recomputed_from_stored_outputs(args):
 
 
 def test_failed_candidate_is_retried_on_rerun(args, monkeypatch):
+    args["executor"] = "inline"  # the patched handler lives in this process
     spec = FakeBackend.handlers["fp16"]
     with monkeypatch.context() as mp:
         mp.setitem(FakeBackend.handlers, "fp16", dataclasses.replace(spec, handler=_broken))
@@ -226,6 +227,7 @@ def _broken(*args):
 
 
 def test_failing_candidate_does_not_stop_the_sweep(args, monkeypatch):
+    args["executor"] = "inline"  # the patched handler lives in this process (tests/test_workers.py: in a worker)
     spec = FakeBackend.handlers["int8-dynamic"]
     monkeypatch.setitem(FakeBackend.handlers, "int8-dynamic", dataclasses.replace(spec, handler=_broken))
     events = []
@@ -423,7 +425,7 @@ def test_backend_that_cannot_take_the_model_is_a_failed_row(args, monkeypatch):
         raise CandidateError("the wide runtime needs a converter that is not installed")
 
     monkeypatch.setattr(WideFakeBackend, "prepare", refuse)
-    args.update(backends=["fake", "fake-wide"])
+    args.update(backends=["fake", "fake-wide"], executor="inline")
     study = nbopt.optimize(**args, recipes=["int8-dynamic"])
     rows = study.results.set_index("name")
     assert rows.loc["fake:int8-dynamic", "status"] == "ok"
