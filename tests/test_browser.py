@@ -208,7 +208,8 @@ def test_jupyterlab_live_panel(server, page, shots):
     pnl.screenshot(path=str(shots / "lab-3-selected-export.png"))
 
     # --- a table row selects too; the table sorts
-    pnl.locator(".nbopt-table tbody tr", has_text="fp16").click()
+    # the row whose name cell is the fp16 candidate (another row's notes may mention fp16)
+    pnl.locator(".nbopt-table tbody tr").filter(has=page.locator("td:first-child", has_text="fp16")).click()
     _poll(lambda: "fp16" in details.locator(".nbopt-details-head").inner_text(), 10)
     assert "fp16" in details.locator(".nbopt-details-head").inner_text()
     header = pnl.locator(".nbopt-table th[data-column=size_bytes]")

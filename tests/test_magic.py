@@ -301,7 +301,7 @@ def test_panel_fills_layer_sensitivity_after_sweep(onnx_tiny, tmp_path, monkeypa
     panel.study.sensitivity.clear()
     panel._fill_sensitivity()
     assert panel.sensitivity == rows  # the backend's cache (as after mixed-precision) makes it cheap
-    panel.study._prepared["onnx"]._cache.clear()
+    panel.study.prepared("onnx")._cache.clear()
     panel.study.sensitivity.clear()
     panel.sensitivity = []
     panel._fill_sensitivity()
