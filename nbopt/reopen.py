@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from .candidate import Candidate
 from .errors import NboptError
 from .metrics import METRICS, Metric
 from .pareto import OBJECTIVES, pareto_mask, resolve
@@ -197,23 +198,6 @@ def load_study(store: Any = ".nbopt", study: str | None = None) -> "StoredStudy"
     return StoredStudy(folder, record)
 
 
-@dataclass
-class StoredCandidate:
-    """One stored row; ``export`` writes its deployable file (from the store) and a JSON model card."""
-
-    row: dict
-    study: "StoredStudy" = field(repr=False)
-
-    @property
-    def name(self) -> str:
-        return self.row["name"]
-
-    def export(self, path: str | Path, overwrite: bool = False) -> Path:
-        from .export import export_candidate
-
-        return export_candidate(self, Path(path), overwrite=overwrite)
-
-
 @dataclass(frozen=True)
 class _StoredBackend:
     """A backend as the model card needs it: the library versions that built the study's artifacts."""
@@ -256,7 +240,7 @@ class StoredStudy:
         self.eval_data = _StoredData(*_data_fields(data.get("eval")))
         self.calib_data = _StoredData(*_data_fields(data["calib"])) if data.get("calib") else None
         rows = _with_files(record["rows"], self.store)
-        self.candidates = [StoredCandidate(_relocated(r, self.store), self) for r in rows]
+        self.candidates = [Candidate(_relocated(r, self.store), self) for r in rows]
         self.total = max(int(meta.get("total") or 0), len(self.candidates))
 
     @property
@@ -281,7 +265,7 @@ class StoredStudy:
         return ok[mask].sort_values(cols[0][0])
 
     def best(self, max_accuracy_drop: float | None = None, objective: str = "size", backend: str | None = None,
-             budget_on: str = "drop") -> StoredCandidate | None:
+             budget_on: str = "drop") -> Candidate | None:
         """As ``Study.best``: the smallest (or fastest, ...) ``ok`` candidate within the accuracy budget
         (default: the study's), of one backend if given; None if none fits."""
         budget = self.max_accuracy_drop if max_accuracy_drop is None else max_accuracy_drop

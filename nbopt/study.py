@@ -10,7 +10,7 @@ import shutil
 import threading
 import traceback
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -19,6 +19,7 @@ import numpy as np
 from ._version import __version__
 from .backends import backend_spec, default_backends, get_backend, model_kind, sensitivity_capable
 from .backends.base import Artifact, Backend
+from .candidate import Candidate
 from .data import Data, load
 from .errors import NboptError, one_line
 from .evaluator import LatencySettings, score
@@ -47,25 +48,6 @@ class Planned:
     @property
     def name(self) -> str:
         return f"{self.backend}:{self.recipe.label}"
-
-
-@dataclass
-class Candidate:
-    """One row of the study with its artifact. ``export`` writes the deployable file and a model card."""
-
-    row: dict
-    study: "Study" = field(repr=False)
-
-    @property
-    def name(self) -> str:
-        return self.row["name"]
-
-    def export(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Write the deployable file(s) and a JSON model card; an existing file is replaced only with
-        ``overwrite=True``."""
-        from .export import export_candidate
-
-        return export_candidate(self, Path(path), overwrite=overwrite)
 
 
 class Study:

@@ -49,26 +49,25 @@ def hash_files(paths: Iterable[Path], tag: str) -> str:
     return hash_arrays([], tag + ":" + ":".join(hash_file(Path(p)) for p in paths))
 
 
-def hash_torch_module(model: Any, tag: str) -> str:
-    """A torch module's weights and structure (float tensors hashed as float32)."""
-    state = model.state_dict()
+def _tensor_arrays(tensors: dict) -> list[np.ndarray]:
+    """Torch tensors by sorted name as numpy (float ones as float32), for hashing."""
     arrays = []
-    for key in sorted(state):
-        t = state[key]
-        if hasattr(t, "detach"):
-            t = t.detach().cpu()
-            arrays.append(t.float().numpy() if t.dtype.is_floating_point else t.numpy())
-    return hash_arrays(arrays, extra=f"{tag}:{model!r}|" + ",".join(sorted(state)))
-
-
-def hash_exported_program(program: Any, tag: str) -> str:
-    """What a ``torch.export`` program computes: its graph (ops, shapes, order) and every weight and
-    constant, so that editing ``forward()`` or any weight changes the hash."""
-    arrays = []
-    tensors = {**dict(program.state_dict), **{f"const:{k}": v for k, v in program.constants.items()}}
     for key in sorted(tensors):
         t = tensors[key]
         if hasattr(t, "detach"):
             t = t.detach().cpu()
             arrays.append(t.float().numpy() if t.dtype.is_floating_point else t.numpy())
-    return hash_arrays(arrays, extra=f"{tag}:{program.graph_module.code}|" + ",".join(sorted(tensors)))
+    return arrays
+
+
+def hash_torch_module(model: Any, tag: str) -> str:
+    """A torch module's weights and structure (float tensors hashed as float32)."""
+    state = model.state_dict()
+    return hash_arrays(_tensor_arrays(state), extra=f"{tag}:{model!r}|" + ",".join(sorted(state)))
+
+
+def hash_exported_program(program: Any, tag: str) -> str:
+    """What a ``torch.export`` program computes: its graph (ops, shapes, order) and every weight and
+    constant, so that editing ``forward()`` or any weight changes the hash."""
+    tensors = {**dict(program.state_dict), **{f"const:{k}": v for k, v in program.constants.items()}}
+    return hash_arrays(_tensor_arrays(tensors), extra=f"{tag}:{program.graph_module.code}|" + ",".join(sorted(tensors)))
