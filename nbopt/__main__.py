@@ -27,12 +27,9 @@ def demo(args: argparse.Namespace) -> int:
     model = train_digits_cnn(epochs=args.epochs, data=data)
     study = optimize(model, calib=(xtr, ytr), eval=(xval, yval), metric="accuracy", store=args.store,
                      max_accuracy_drop=args.max_drop)
-    cols = ["name", "status", "format", "size_bytes", "size_ratio", "accuracy", "accuracy_drop", "latency_ms",
-            "peak_memory_mb", "notes"]
-    import pandas as pd
+    from .cli import print_table
 
-    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
-        print(study.results[cols].to_string(index=False))
+    print_table(study.results, metric=study.metric.name)  # notes cut to the terminal's width
     best = study.best()
     print(f"\nBest within a {args.max_drop} accuracy drop: {best.name if best else 'none'}")
     report = study.to_html(Path(args.report))
