@@ -70,6 +70,12 @@ def add_optimize_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="let --export replace an existing file")
     p.add_argument("--no-memory", action="store_true",
                    help="skip the peak-memory measurement (a fresh process per candidate); faster")
+    p.add_argument("--workers", default=1, metavar="N",
+                   help="candidates built at once, each in its own worker process, or 'auto' (default 1); "
+                        "latency is still measured one candidate at a time")
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="seconds one candidate may take before it is stopped and counted as failed "
+                        "(default 3600)")
     p.set_defaults(run=run_optimize)
     return p
 
@@ -147,7 +153,13 @@ def _study(args: argparse.Namespace, recipes: list | None, backends: list[str] |
     progress = sys.stdout.isatty() and sys.stderr.isatty()  # no bar garbage in CI logs or pipes
     return Study(args.model, calib=args.calib, eval=args.eval, metric=args.metric, recipes=recipes,
                  backends=backends, max_accuracy_drop=args.max_drop, store=args.store, progress=progress,
-                 measure_memory=not args.no_memory)
+                 measure_memory=not args.no_memory, workers=_workers(args.workers),
+                 **({"timeout_s": args.timeout} if args.timeout is not None else {}))
+
+
+def _workers(value: str):
+    """--workers N or auto (the study says what is wrong with anything else)."""
+    return int(value) if str(value).isdigit() else value
 
 
 def _export_path(path: str | None, overwrite: bool) -> Path | None:
