@@ -1,8 +1,10 @@
 """The study: a baseline per backend, the recipe grid, one result row per candidate, the Pareto front.
 
 ``optimize(...)`` is ``Study(...).run()``. Construction checks everything the user gave (model, data,
-metric, backends, recipes, parameters) so that mistakes surface at once as one ``NboptError``; ``run()``
-then builds, measures and stores each candidate, emitting events that the views follow.
+metric, backends, recipes, parameters) so that mistakes surface at once as one ``NboptError``, and has
+each backend prepare the model in a worker. ``run()`` then hands each candidate to the executor
+(``nbopt.executors``: worker processes, Ray, or inline), stores and scores each row as it comes back, and
+emits events that the views follow. The kernel only plans, collects, stores and draws.
 """
 from __future__ import annotations
 
@@ -670,12 +672,6 @@ def _describe(model: Any) -> str:
 
 def _empty_row(item: Planned) -> dict:
     return empty_row(item.name, item.backend, item.recipe.name, dict(item.recipe.params))
-
-
-def _rebase(artifact: Artifact, old: Path, new: Path) -> Artifact:
-    move = lambda p: new / Path(p).resolve().relative_to(old.resolve())  # noqa: E731
-    return Artifact(move(artifact.path), artifact.format, [move(f) for f in artifact.files], artifact.notes,
-                    artifact.info)
 
 
 def _monotone_group(item: Planned) -> tuple:
