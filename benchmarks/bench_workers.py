@@ -11,12 +11,14 @@
 
 Every timed study has a store of its own in a temporary folder, so nothing is served from a store. (b) and (c)
 run with measure_memory=False (no peak-memory probe; latency is still measured, one candidate at a time).
+Each side is timed --repeat times (default 3), alternating with the other side, and the medians are compared.
 Figures are ratios inside one run; the absolute seconds are printed beside them.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -65,38 +67,52 @@ def same_rows(a, b) -> bool:
     return a.results.set_index("name")[cols].sort_index().equals(b.results.set_index("name")[cols].sort_index())
 
 
+def compare(model, data, root: Path, repeat: int, a: tuple[str, dict], b: tuple[str, dict]):
+    """Timed runs of a and b, alternating (a b a b ...) so that drift on a noisy machine hits both; medians."""
+    times, studies = {a[0]: [], b[0]: []}, {}
+    for i in range(repeat):
+        for label, kwargs in (a, b):
+            seconds, studies[label] = timed(model, data, root, f"{label} #{i + 1}", **kwargs)
+            times[label].append(seconds)
+    ta, tb = statistics.median(times[a[0]]), statistics.median(times[b[0]])
+    return ta, tb, same_rows(studies[a[0]], studies[b[0]])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--skip-ray", action="store_true", help="leave out (c)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs of each side, alternating (default 3)")
     parser.add_argument("--epochs", type=int, default=8, help="training epochs of the demo CNN (default 8)")
     args = parser.parse_args(argv)
 
     from nbopt.demo import digits_arrays, train_digits_cnn
 
-    print(f"CPU: {cpu()}; {os.cpu_count()} cores; Python {sys.version.split()[0]}", flush=True)
+    print(f"CPU: {cpu()}; {os.cpu_count()} cores; Python {sys.version.split()[0]}; median of {args.repeat} "
+          "alternating runs per side", flush=True)
     data = digits_arrays(seed=0)
     model = train_digits_cnn(epochs=args.epochs, data=data)
     rows, notes = [], []
+    onnx = dict(backends=["onnx"], recipes=ONNX_GRID, measure_memory=False)
+    warm = dict(backends=["onnx"], recipes=["fp16", "int8-dynamic"], measure_memory=False)
     with tempfile.TemporaryDirectory(prefix="nbopt-bench-workers-") as tmp:
         root = Path(tmp)
 
         print("(a) default demo sweep: warm local worker against inline", flush=True)
         timed(model, data, root, "warm-up local w=1", executor="local", workers=1)
         timed(model, data, root, "warm-up inline", executor="inline")
-        local_a, s1 = timed(model, data, root, "local w=1", executor="local", workers=1)
-        inline_a, s2 = timed(model, data, root, "inline", executor="inline")
-        rows.append(["(a) default sweep, local w=1 (warm) / inline", f"{local_a:.1f}", f"{inline_a:.1f}",
-                     f"{local_a / inline_a:.2f}", "<= 1.15", same_rows(s1, s2)])
+        local, inline, same = compare(model, data, root, args.repeat, ("local w=1", dict(executor="local", workers=1)),
+                                      ("inline", dict(executor="inline")))
+        rows.append(["(a) default sweep: local w=1 (warm) / inline", f"{local:.1f}", f"{inline:.1f}",
+                     f"{local / inline:.2f}", "<= 1.15", same])
 
         print("(b) 12-candidate ONNX sweep: local workers=2 against workers=1", flush=True)
-        onnx = dict(backends=["onnx"], recipes=ONNX_GRID, measure_memory=False)
-        warm = dict(backends=["onnx"], recipes=["fp16", "int8-dynamic"], measure_memory=False)
         timed(model, data, root, "warm-up local w=1", executor="local", workers=1, **warm)
         timed(model, data, root, "warm-up local w=2", executor="local", workers=2, **warm)
-        one, s1 = timed(model, data, root, "local w=1", executor="local", workers=1, **onnx)
-        two, s2 = timed(model, data, root, "local w=2", executor="local", workers=2, **onnx)
-        rows.append(["(b) ONNX x12, local w=2 / local w=1", f"{two:.1f}", f"{one:.1f}", f"{two / one:.2f}",
-                     "< 1 (2 cores)", same_rows(s1, s2)])
+        two, one, same = compare(model, data, root, args.repeat,
+                                 ("local w=2", dict(executor="local", workers=2, **onnx)),
+                                 ("local w=1", dict(executor="local", workers=1, **onnx)))
+        rows.append(["(b) ONNX x12: local w=2 / local w=1", f"{two:.1f}", f"{one:.1f}", f"{two / one:.2f}",
+                     f"< 1 ({os.cpu_count()} cores)", same])
 
         if args.skip_ray:
             notes.append("(c) skipped (--skip-ray)")
@@ -107,15 +123,18 @@ def main(argv: list[str] | None = None) -> int:
                 ray = None
                 notes.append("(c) skipped: Ray is not installed (pip install 'nbopt[ray]')")
             if ray is not None:
-                print("(c) the same sweep on a local Ray of 2 CPUs against local workers=2", flush=True)
+                print("(c) the same sweep on a local Ray of 2 CPUs against local workers=2 (Ray running for both)",
+                      flush=True)
                 t0 = time.perf_counter()
                 ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
                 start = time.perf_counter() - t0
                 timed(model, data, root, "warm-up ray w=2", executor="ray", workers=2, **warm)
-                on_ray, s3 = timed(model, data, root, "ray w=2", executor="ray", workers=2, **onnx)
-                rows.append(["(c) ONNX x12, ray w=2 (2 CPUs) / local w=2", f"{on_ray:.1f}", f"{two:.1f}",
-                             f"{on_ray / two:.2f}", "~1", same_rows(s2, s3)])
-                notes.append(f"(c) ray.init (not in the ratio): {start:.1f} s")
+                on_ray, local2, same = compare(model, data, root, args.repeat,
+                                               ("ray w=2", dict(executor="ray", workers=2, **onnx)),
+                                               ("local w=2", dict(executor="local", workers=2, **onnx)))
+                rows.append(["(c) ONNX x12: ray w=2 (2 CPUs) / local w=2", f"{on_ray:.1f}", f"{local2:.1f}",
+                             f"{on_ray / local2:.2f}", "~1", same])
+                notes.append(f"(c) ray.init(num_cpus=2) took {start:.1f} s (not in the ratio)")
                 ray.shutdown()
 
     header = ["comparison", "seconds", "against (s)", "ratio", "goal", "same rows"]
@@ -126,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)))
     for note in notes:
         print(note)
-    print("same rows: status, size_bytes and accuracy of every candidate are equal in the two runs")
+    print("seconds: median wall time of a whole study (fresh store); same rows: status, size_bytes and accuracy "
+          "of every candidate are equal in the last run of each side")
     return 0
 
 

@@ -3,17 +3,20 @@
 The study does not change: it hands ``PrepareJob`` / ``CandidateJob`` objects to ``RayExecutor.submit`` and
 collects ``Finished`` results from ``wait()`` as candidates finish, so rows (and the panel) arrive one by one.
 
-What crosses the wire, per task (``_run_job``): the job, cloudpickled, with its two ``Data`` replaced by
-references to in-memory copies of their Arrow tables (put into Ray's object store once per study), and, as
-references the task fetches only when it needs them, the bytes of the files the job names (the cloudpickled
-user model; the prepared model when it stands alone). A task first looks for a probe file the driver wrote
-into the job's own folder in the store:
+What crosses the wire, per task (``_run_job``):
 
-- found (a local Ray, or a store on a filesystem every node mounts): the job runs on the store's paths, as in
-  a local worker, and its files are written into the store directly;
-- not found: the task writes the blobs into a folder of its own, runs the job there, and returns the
-  candidate's files as bytes with its log text; the driver writes them into the job's folder in the store,
-  where the study commits them as usual.
+- on a Ray of one node on this machine (what ``ray_address=None`` starts): the job as a local worker gets it,
+  cloudpickled (paths into the store; the data as references to its Arrow files);
+- on a cluster: the job with its two ``Data`` replaced by references to in-memory copies of their Arrow
+  tables (put into Ray's object store once per study), and, as references the task fetches only when it
+  needs them, the bytes of the files the job names (the cloudpickled user model, or a model file; the
+  prepared model when it stands alone, else each worker prepares its own from the user's model).
+
+A task first looks for a probe file the driver wrote into the job's own folder in the store. Found (a local
+Ray, or a store on a filesystem every node mounts): the job runs on the store's paths, and its files are
+written into the store directly. Not found: the task writes the blobs into a folder of its own, runs the job
+there, and returns the candidate's files as bytes with its log text; the driver writes them into the job's
+folder in the store, where the study commits them as usual (``_landed``).
 
 Measurements stay one at a time per machine: each node has a ``MeasureLock`` actor, a readers-writer lock
 like ``nbopt.pool.MeasureGate`` (builds share it, a measurement holds it alone and new builds wait behind
@@ -81,6 +84,7 @@ class RayExecutor:
 
     isolated = True
     share_paths = True  # False: always ship files as bytes (what a cluster without a shared filesystem does)
+    single_machine: bool | None = None  # None: a Ray of one node on this machine is sent jobs as they are
 
     def __init__(self, workers: int, timeout_s: float, address: str | None = None):
         self.ray = _ray()
@@ -90,6 +94,8 @@ class RayExecutor:
         self._tasks: dict[Any, _Task] = {}
         self._remote = _remote_functions(self.ray)
         self._locks = _node_locks(self.ray, self._remote["lock"])
+        self._local = self.share_paths and (_on_this_machine(self.ray) if self.single_machine is None
+                                            else self.single_machine)
 
     # -- the executor protocol -------------------------------------------------------------------------
     @property
@@ -110,7 +116,13 @@ class RayExecutor:
             probe.parent.mkdir(parents=True, exist_ok=True)
             probe.write_text(secret)
         key = uuid.uuid4().hex
-        payload = _payload(self.ray, job, (str(probe), secret) if probe else None)
+        if self._local:  # as a local worker gets it: the store's paths, the data's Arrow files
+            import cloudpickle
+
+            payload = {"job": cloudpickle.dumps(job), "data": None, "blobs": None, "probe": (str(probe), secret),
+                       "sys_path": [p for p in sys.path if p], "env": _env()}
+        else:
+            payload = _payload(self.ray, job, (str(probe), secret) if probe else None)
         payload["key"] = key
         gen = self._remote["run"].options(name=f"nbopt {job.name or _what(job)}"[:120]).remote(payload)
         self._tasks[token] = _Task(token, job, gen, probe, key)
@@ -277,7 +289,20 @@ def _payload(ray, job, probe: tuple[str, str] | None) -> dict:
     if prepared is not None and _stands_alone(Path(prepared)):
         blobs["prepared"] = _blob(ray, Path(prepared))
     return {"job": cloudpickle.dumps(bare), "data": data, "blobs": blobs, "probe": probe,
-            "sys_path": [p for p in sys.path if p], "env": {k: os.environ.get(k) for k in _ENV_COPIED}}
+            "sys_path": [p for p in sys.path if p], "env": _env()}
+
+
+def _env() -> dict:
+    return {k: os.environ.get(k) for k in _ENV_COPIED}
+
+
+def _on_this_machine(ray) -> bool:
+    """True for a Ray of one node, on this machine (what ray_address=None starts)."""
+    try:
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        return len(nodes) == 1 and nodes[0].get("NodeManagerAddress") == ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001 - when in doubt, send everything
+        return False
 
 
 _digests: dict[tuple, str] = {}  # (path, size, mtime) -> sha256 of the file
@@ -623,11 +648,14 @@ def _run_job(payload: dict):
     from . import jobs
 
     job = pickle.loads(payload["job"])  # noqa: S301 - written by the study's own process
-    eval_ref, calib_ref = payload["data"]
-    got = ray.get([r for r in (eval_ref, calib_ref) if r is not None])
-    job = replace(job, eval=got[0], **({"calib": got[1] if calib_ref is not None else None}
-                                       if isinstance(job, jobs.CandidateJob) else {}))
+    if payload["data"] is not None:
+        eval_ref, calib_ref = payload["data"]
+        got = ray.get([r for r in (eval_ref, calib_ref) if r is not None])
+        job = replace(job, eval=got[0], **({"calib": got[1] if calib_ref is not None else None}
+                                           if isinstance(job, jobs.CandidateJob) else {}))
     shared = _sees_probe(payload["probe"])
+    if not shared and payload["blobs"] is None:
+        raise RuntimeError(f"this Ray node does not see the study's store at {payload['probe'][0]}")
     if shared:
         if isinstance(job, jobs.PrepareJob):
             result = jobs.run_prepare(job)

@@ -125,14 +125,12 @@ class Study:
 
     def _send_model(self, model: Any) -> Path:
         """The user's model, cloudpickled once into the store's scratch: what every worker reads."""
-        import cloudpickle
-
         path = self.store.scratch("model") / "model.pkl"
         if not self._executor.isolated:
             remember(path, model)  # inline: the very object, no copy
             return path
         try:
-            path.write_bytes(cloudpickle.dumps(model))
+            path.write_bytes(_pickle_with_own_code(model))
         except Exception as exc:  # noqa: BLE001
             raise NboptError(f"nbopt cannot send the model ({type(model).__name__}) to its worker processes "
                              f"({one_line(exc, 200)}): define its class in a module (a .py file next to the "
@@ -652,6 +650,43 @@ def _label_ids(model: Any, names: Sequence[str] | None, metric: Metric, eval_dat
     fixed = [d.with_label_ids(names, role) if d is not None and d.string_labels else d
              for d, role in ((eval_data, "eval"), (calib, "calib"))]
     return fixed[0], fixed[1], names
+
+
+def _pickle_with_own_code(model: Any) -> bytes:
+    """cloudpickle the model; classes from the user's own modules (a .py next to the notebook, not an
+    installed package) go by value, so a worker runs the code as it is now in this process (an edited
+    or autoreloaded forward(), a monkeypatched method), not the file it would import."""
+    import cloudpickle
+
+    own = _own_modules(model)
+    for module in own:
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        return cloudpickle.dumps(model)
+    finally:
+        for module in own:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+def _own_modules(model: Any) -> list:
+    import sys
+    import sysconfig
+
+    classes = {type(model)}
+    if hasattr(model, "modules") and callable(model.modules):  # a torch model's submodules
+        try:
+            classes |= {type(m) for m in model.modules()}
+        except Exception:  # noqa: BLE001 - not a torch model after all
+            pass
+    installed = {Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib", "stdlib")}
+    out = []
+    for name in sorted({c.__module__ for c in classes} - {"__main__", "builtins"}):
+        module, file = sys.modules.get(name), getattr(sys.modules.get(name), "__file__", None)
+        if file is None or name.split(".")[0] == "nbopt":
+            continue
+        if not any(base in Path(file).resolve().parents for base in installed):
+            out.append(module)
+    return out
 
 
 def _describe(model: Any) -> str:

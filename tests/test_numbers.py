@@ -182,3 +182,27 @@ def test_nothing_is_left_in_the_system_temp_folder(tmp_path):
     left = [p.name for p in temp.iterdir() if "nbopt" in p.name or p.name.startswith("tmp")]
     assert left == []
     assert list((tmp_path / "store" / "tmp").iterdir()) == []
+
+
+def test_editing_forward_of_a_class_from_the_users_own_module_re_measures(data, tmp_path, monkeypatch):
+    """The class lives in a .py next to the notebook (importable by the workers too): the workers must
+    run the code as it is in the notebook now, not re-import the file."""
+    (tmp_path / "mynet.py").write_text(
+        "import torch\n\n"
+        "class MyNet(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        torch.manual_seed(0)\n"
+        "        self.fc1, self.fc2 = torch.nn.Linear(16, 32), torch.nn.Linear(32, 4)\n\n"
+        "    def forward(self, x):\n"
+        "        return self.fc2(torch.relu(self.fc1(x)))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import mynet
+
+    model = mynet.MyNet().eval()
+    run(model, data, tmp_path / "s")
+    monkeypatch.setattr(mynet.MyNet, "forward", lambda self, x: self.fc2(self.fc1(x)) * 0)
+    events = []
+    study = run(model, data, tmp_path / "s", events)
+    assert built(events) == ["torch:baseline", "torch:fp16"]
+    assert study.results["accuracy"].tolist() == pytest.approx([float(np.mean(data[1] == 0))] * 2)

@@ -1,7 +1,8 @@
 """executor="ray": the same sweep as Ray tasks on a local Ray of two CPUs (one Ray for the module).
 
-Both ways files come back are tested: through the store's own paths (a local Ray sees them) and as bytes
-(what a cluster without a shared filesystem does; forced with ``RayExecutor.share_paths = False``).
+The three ways a job travels are tested: as a local worker gets it (one node on this machine), and as a
+cluster gets it with the store seen by the node or not (files and data as bytes); the last two are forced
+with ``RayExecutor.single_machine = False`` and ``RayExecutor.share_paths = False``.
 """
 import _thread
 import subprocess
@@ -42,9 +43,13 @@ def args(fake_model, fake_data, tmp_path, quick_latency):
     return dict(model=fake_model, calib=(xtr, ytr), eval=(xval, yval), store=tmp_path / "store", progress=False)
 
 
-@pytest.fixture(params=["shared", "bytes"])
+@pytest.fixture(params=["local", "cluster-shared", "cluster-bytes"])
 def transfer(request, monkeypatch):
-    monkeypatch.setattr(RayExecutor, "share_paths", request.param == "shared")
+    """local: jobs as a local worker gets them; cluster-shared: what a cluster sends, the store seen by the node;
+    cluster-bytes: what a cluster sends, files and data travelling as bytes."""
+    if request.param != "local":
+        monkeypatch.setattr(RayExecutor, "single_machine", False)
+    monkeypatch.setattr(RayExecutor, "share_paths", request.param != "cluster-bytes")
     return request.param
 
 
