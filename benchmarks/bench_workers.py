@@ -48,6 +48,9 @@ def cpu() -> str:
     return platform.processor() or platform.machine()
 
 
+FAILED_ROWS: list[str] = []  # every failed row of a timed run, for the table
+
+
 def timed(model, data, root: Path, label: str, **kwargs) -> tuple[float, object]:
     import nbopt
 
@@ -59,6 +62,7 @@ def timed(model, data, root: Path, label: str, **kwargs) -> tuple[float, object]
     bad = [f"{c.name}: {c.row['error']}" for c in study.candidates if c.row["status"] == "failed"]
     print(f"  {label:<28} {seconds:7.1f} s  {len(study.candidates)} rows" + (f"  FAILED: {bad}" if bad else ""),
           flush=True)
+    FAILED_ROWS.extend(bad)
     return seconds, study
 
 
@@ -70,12 +74,13 @@ def same_rows(a, b) -> bool:
 def compare(model, data, root: Path, repeat: int, a: tuple[str, dict], b: tuple[str, dict]):
     """Timed runs of a and b, alternating (a b a b ...) so that drift on a noisy machine hits both; medians."""
     times, studies = {a[0]: [], b[0]: []}, {}
+    FAILED_ROWS.clear()
     for i in range(repeat):
         for label, kwargs in (a, b):
             seconds, studies[label] = timed(model, data, root, f"{label} #{i + 1}", **kwargs)
             times[label].append(seconds)
     ta, tb = statistics.median(times[a[0]]), statistics.median(times[b[0]])
-    return ta, tb, same_rows(studies[a[0]], studies[b[0]])
+    return ta, tb, f"{same_rows(studies[a[0]], studies[b[0]])}, {len(FAILED_ROWS)} failed"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(f"(c) ray.init(num_cpus=2) took {start:.1f} s (not in the ratio)")
                 ray.shutdown()
 
-    header = ["comparison", "seconds", "against (s)", "ratio", "goal", "same rows"]
+    header = ["comparison", "seconds", "against (s)", "ratio", "goal", "same rows, failed rows"]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     print("\n" + "  ".join(h.ljust(w) for h, w in zip(header, widths)))
     print("  ".join("-" * w for w in widths))
@@ -146,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print(note)
     print("seconds: median wall time of a whole study (fresh store); same rows: status, size_bytes and accuracy "
-          "of every candidate are equal in the last run of each side")
+          "of every candidate are equal in the last run of each side; failed rows: in all the timed runs of the "
+          "comparison (printed above)")
     return 0
 
 

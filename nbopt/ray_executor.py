@@ -127,10 +127,12 @@ class RayExecutor:
         gen = self._remote["run"].options(name=f"nbopt {job.name or _what(job)}"[:120]).remote(payload)
         self._tasks[token] = _Task(token, job, gen, probe, key)
 
-    def wait(self, poll: float = 0.5) -> list[Finished]:
-        """Block until at least one task is done (or failed, or timed out); returns every one that is."""
+    def wait(self, poll: float = 0.5, timeout: float | None = None) -> list[Finished]:
+        """Block until at least one task is done (or failed, or timed out); returns every one that is (an
+        empty list after ``timeout`` seconds, when given)."""
         ray = self.ray
-        while self._tasks:
+        end = None if timeout is None else time.monotonic() + timeout
+        while self._tasks and (end is None or time.monotonic() < end):
             tasks = list(self._tasks.values())
             gens = [t.gen for t in tasks]
             now = time.monotonic()
@@ -253,7 +255,8 @@ def _ray_failure(ray, exc: BaseException, what: str) -> str:
     if isinstance(exc, rex.RayTaskError):  # an exception in nbopt's own task code (the job catches its own)
         cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
         return f"the Ray task failed while {what} ({one_line(cause, 300)}); the sweep went on"
-    if isinstance(exc, (rex.WorkerCrashedError, getattr(rex, "NodeDiedError", rex.WorkerCrashedError))):
+    died = tuple(getattr(rex, n) for n in ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError") if hasattr(rex, n))
+    if isinstance(exc, died):
         return f"the worker died while {what} (Ray: {one_line(exc, 300, with_type=False)}); the sweep went on"
     return f"Ray lost the task while {what} ({one_line(exc, 300)}); the sweep went on"
 
@@ -305,35 +308,47 @@ def _on_this_machine(ray) -> bool:
         return False
 
 
-_digests: dict[tuple, str] = {}  # (path, size, mtime) -> sha256 of the file
+_digests: dict[tuple, str] = {}  # (path, size, mtime) -> identity of the blob
 
 
 def _blob(ray, path: Path) -> tuple[str, list]:
-    """(sha256, [ref to the bytes]) of a file the study's process wrote (in a list: Ray does not fetch it
-    before the task asks). A model given as a file path travels with that file's bytes."""
+    """(identity, [ref to the bytes]) of a file the study's process wrote (in a list: Ray does not fetch it
+    before the task asks). A model given as a file path travels with that file's bytes, and the identity
+    changes when that file does."""
     st = path.stat()
     stamp = (str(path), st.st_size, st.st_mtime_ns)
-    data = None
-    if stamp not in _digests:
-        data = path.read_bytes()
-        _digests[stamp] = hashlib.sha256(data).hexdigest()
-    digest = _digests[stamp]
-    ref = _cached_put(ray, ("blob", digest), lambda: _with_model_file(data if data is not None else path.read_bytes()))
-    return digest, [ref]
+    data = path.read_bytes() if stamp not in _digests or st.st_size < 4096 else None
+    if data is not None:
+        digest = hashlib.sha256(data)
+        source = _model_file(data)
+        if source is not None:  # the file (or folder) named: its names, sizes and times
+            for f in sorted([source, *source.rglob("*")] if source.is_dir() else [source]):
+                fst = f.stat()
+                digest.update(f"{f}|{fst.st_size}|{fst.st_mtime_ns}".encode())
+        _digests[stamp] = digest.hexdigest()
+    ref = _cached_put(ray, ("blob", _digests[stamp]), lambda: _with_model_file(data or path.read_bytes()))
+    return _digests[stamp], [ref]
+
+
+def _model_file(data: bytes) -> Path | None:
+    """The model file a small blob names (the user passed a path), else None."""
+    if len(data) >= 4096:
+        return None
+    try:
+        obj = pickle.loads(data)  # noqa: S301 - written by this study's own process
+    except Exception:  # noqa: BLE001
+        return None
+    return Path(obj) if isinstance(obj, (str, Path)) and Path(obj).exists() else None
 
 
 def _with_model_file(data: bytes) -> dict:
     out = {"pickle": data}
-    if len(data) < 4096:  # a model file's path, cloudpickled: send the file (or folder) too
-        try:
-            obj = pickle.loads(data)  # noqa: S301 - written by this study's own process
-        except Exception:  # noqa: BLE001
-            obj = None
-        if isinstance(obj, (str, Path)) and Path(obj).exists():
-            src = Path(obj)
-            files = {f.relative_to(src).as_posix(): f.read_bytes() for f in src.rglob("*") if f.is_file()} \
-                if src.is_dir() else {"": src.read_bytes()}
-            out["model_file"] = (src.name, src.is_dir(), files, isinstance(obj, Path))
+    src = _model_file(data)
+    if src is not None:  # send the file (or folder) too
+        obj = pickle.loads(data)  # noqa: S301
+        files = {f.relative_to(src).as_posix(): f.read_bytes() for f in src.rglob("*") if f.is_file()} \
+            if src.is_dir() else {"": src.read_bytes()}
+        out["model_file"] = (src.name, src.is_dir(), files, isinstance(obj, Path))
     return out
 
 

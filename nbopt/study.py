@@ -328,6 +328,7 @@ class Study:
             if self._stop.is_set():
                 self.stopped = True
                 pending = []
+                self._cancel_pending()
             if not self._inflight:
                 continue
             for done in self._executor.wait():
@@ -384,6 +385,13 @@ class Study:
         finally:
             lock.__exit__(None, None, None)
         return item, self._scored(item, row)
+
+    def _cancel_pending(self) -> None:
+        """Stop: jobs an executor has queued but not started (Ray's) are cancelled; running ones finish."""
+        for token in getattr(self._executor, "cancel_pending", lambda: [])():
+            item, workdir, lock = self._inflight.pop(token)
+            self.store.discard(workdir)
+            lock.__exit__(None, None, None)
 
     def _abandon(self) -> None:
         """After an interrupt: stop the jobs in flight, drop their unfinished files, unlock their keys."""

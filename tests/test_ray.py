@@ -22,10 +22,24 @@ from nbopt.ray_executor import RayExecutor  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-register_backend("crashy", "crashy_backend", "CrashyBackend", probe="numpy")
 RECIPES = ["fp16", "int8-dynamic", {"int8-static": {"per_channel": [True, False]}},
            {"prune-unstructured": {"amount": [0.2, 0.5, 0.8]}}]
 COLS = ["status", "size_bytes", "accuracy", "accuracy_drop", "format", "size_breakdown"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def crashy():
+    """The crashing backend of tests/crashy_backend.py, registered for this module only (the panel lists the
+    registered backends: other modules must not see it)."""
+    from nbopt.backends import _PACKAGES
+
+    before = _PACKAGES.get("crashy")
+    register_backend("crashy", "crashy_backend", "CrashyBackend", probe="numpy")
+    yield
+    if before is None:
+        _PACKAGES.pop("crashy", None)
+    else:
+        _PACKAGES["crashy"] = before
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -159,3 +173,27 @@ def test_without_ray_it_says_the_pip_command(args, monkeypatch):
     with pytest.raises(NboptError) as err:
         nbopt.Study(backends=["fake"], recipes=["fp16"], executor="ray", **args)
     assert str(err.value) == "executor='ray' needs Ray: pip install 'nbopt[ray]'."
+
+
+def test_cancel_pending_cancels_the_tasks_that_wait_for_a_cpu(args, tmp_path):
+    """Three hanging builds on two CPUs: the third waits for a CPU; cancel_pending() cancels it alone."""
+    from nbopt.backends import backend_spec
+    from nbopt.jobs import CandidateJob
+
+    study = nbopt.Study(backends=["crashy"], recipes=["int4-weight-only"], executor="ray", workers=3, **args)
+    ex, item, prep = study._executor, study.plan[0], study._prep["crashy"]
+    for i in range(3):
+        job = CandidateJob(f"k{i}", f"hang {i}", "crashy", backend_spec("crashy"), item.recipe, prep.get("prepared"),
+                           study._model_path, study.eval_data, study.calib_data, 0, study.latency, False,
+                           study.store.workdir(), tmp_path / f"{i}.log")
+        ex.submit(job, i)
+    deadline = time.monotonic() + 30
+    while sum(t.started is not None for t in ex._tasks.values()) < 2 and time.monotonic() < deadline:
+        assert ex.wait(poll=0.2, timeout=0.5) == []
+    assert ex.capacity == 0
+    waiting = [t.token for t in ex._tasks.values() if t.started is None]
+    assert ex.cancel_pending() == waiting and len(waiting) == 1
+    assert ex.capacity == 1 and ex.busy()
+    ex.cancel()
+    assert not ex.busy() and ex.capacity == 3
+    study.close()

@@ -12,12 +12,20 @@ import numpy as np
 import pytest
 
 import nbopt
-from nbopt.backends import register_backend
+from nbopt.backends import _PACKAGES, register_backend
 from nbopt.errors import NboptError
 from nbopt.pool import MeasureGate
 
-register_backend("crashy", "crashy_backend", "CrashyBackend", probe="numpy")
 TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def crashy():
+    """The crashing backend (tests/crashy_backend.py), registered for this module only: the panel's setup
+    mode lists every registered backend that takes the model."""
+    register_backend("crashy", "crashy_backend", "CrashyBackend", probe="numpy")
+    yield
+    _PACKAGES.pop("crashy", None)
 
 
 @pytest.fixture

@@ -7,7 +7,10 @@ file (external data included) or an ``onnx.ModelProto``. Recipes: fp16, int8-dyn
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +66,10 @@ class OnnxBackend(Backend):
     def prepare(self, model: Any, example: Any) -> OnnxPrepared:
         workdir = new_tempdir()
         try:
-            return self._prepare(model, example, workdir)
+            prepared = self._prepare(model, example, workdir)
+            # quant_pre_process once, here: worker processes then share its output read-only
+            self.preprocessed(prepared)
+            return prepared
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
@@ -230,16 +236,20 @@ class OnnxBackend(Backend):
                  exclude=None, only=None):
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        ort_call("onnxruntime.quantization.quantize_dynamic", quantize_dynamic, str(src), str(dst),
-                  per_channel=per_channel, reduce_range=reduce_range,
-                  weight_type=getattr(QuantType, QUANT_TYPES[weight_type]), nodes_to_exclude=node_aliases(exclude),
-                  nodes_to_quantize=node_aliases(only), extra_options={"MatMulConstBOnly": True})
+        with private_source(src, dst.parent) as src:
+            ort_call("onnxruntime.quantization.quantize_dynamic", quantize_dynamic, str(src), str(dst),
+                     per_channel=per_channel, reduce_range=reduce_range,
+                     weight_type=getattr(QuantType, QUANT_TYPES[weight_type]),
+                     nodes_to_exclude=node_aliases(exclude), nodes_to_quantize=node_aliases(only),
+                     extra_options={"MatMulConstBOnly": True})
 
     def quantize_static(self, prepared, src: Path, dst: Path, calib, calibration="minmax", per_channel=True,
                 activations="uint8", reduce_range=False, op_types="weights", exclude=None, only=None):
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-        cache = prepared.dir / f"calib_{calibration}_{op_types}_{getattr(calib, 'fingerprint', id(calib))}.json"
+        # one cache per process: onnxruntime writes it in place, and worker processes share prepared.dir
+        cache = prepared.dir / (f"calib_{calibration}_{op_types}_{getattr(calib, 'fingerprint', id(calib))}"
+                                f"_{os.getpid()}.json")
         reader = None
         if not cache.exists():
             reader = make_reader(self.calib_feeds(prepared, calib))
@@ -247,12 +257,13 @@ class OnnxBackend(Backend):
         extra = {"MatMulConstBOnly": op_types == "weights"}
         if calibration == "percentile":
             extra["CalibPercentile"] = 99.99
-        ort_call("onnxruntime.quantization.quantize_static", quantize_static, str(src), str(dst), reader,
-                  quant_format=QuantFormat.QDQ, op_types_to_quantize=kinds, per_channel=per_channel,
-                  reduce_range=reduce_range, activation_type=getattr(QuantType, QUANT_TYPES[activations]),
-                  weight_type=QuantType.QInt8, nodes_to_exclude=node_aliases(exclude), nodes_to_quantize=node_aliases(only),
-                  calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[calibration]), extra_options=extra,
-                  calibration_cache_path=str(cache))
+        with private_source(src, dst.parent) as src:
+            ort_call("onnxruntime.quantization.quantize_static", quantize_static, str(src), str(dst), reader,
+                     quant_format=QuantFormat.QDQ, op_types_to_quantize=kinds, per_channel=per_channel,
+                     reduce_range=reduce_range, activation_type=getattr(QuantType, QUANT_TYPES[activations]),
+                     weight_type=QuantType.QInt8, nodes_to_exclude=node_aliases(exclude),
+                     nodes_to_quantize=node_aliases(only), extra_options=extra, calibration_cache_path=str(cache),
+                     calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[calibration]))
 
     # -- sensitivity ----------------------------------------------------------------------------------
     def sensitivity_cost(self, prepared: OnnxPrepared, calib, mode: str = "dynamic") -> tuple[bool, int]:
@@ -300,3 +311,21 @@ class OnnxBackend(Backend):
 def _sens_key(mode: str, calib) -> tuple:
     return ("sens", mode, getattr(calib, "fingerprint", id(calib)))
 
+
+@contextlib.contextmanager
+def private_source(src: Path, folder: Path):
+    """The quantizer's input as links in a folder of this build: onnxruntime writes ``<src>-inferred.onnx``
+    beside its input and deletes it after, and worker processes building at the same time share ``src``."""
+    own = folder / f".src-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    own.mkdir(parents=True)
+    try:
+        for f in model_files(src):
+            target = own / f.relative_to(src.parent)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(f, target)  # same filesystem (the store): instant, no copy
+            except OSError:
+                shutil.copyfile(f, target)
+        yield own / src.name
+    finally:
+        shutil.rmtree(own, ignore_errors=True)
