@@ -117,6 +117,7 @@ class WorkerPool:
     def submit(self, job, token) -> None:
         import cloudpickle
 
+        message = cloudpickle.dumps(job)  # first: a job that cannot be pickled leaves no worker marked busy
         self.workers = [w for w in self.workers if w.process.poll() is None or w.job is not None]
         worker = next((w for w in self.workers if w.job is None), None)
         if worker is None:
@@ -126,7 +127,7 @@ class WorkerPool:
             self.workers.append(worker)
         worker.job, worker.token, worker.started = job, token, time.monotonic()
         try:
-            worker.outbox.send_bytes(cloudpickle.dumps(job))
+            worker.outbox.send_bytes(message)
         except OSError:  # the idle worker had died: its row says so on the next wait()
             pass
 

@@ -357,8 +357,16 @@ class Study:
         job = CandidateJob(key, item.name, item.backend, backend_spec(item.backend), item.recipe,
                            prep.get("prepared"), self._model_path, self.eval_data, self.calib_data, self.seed,
                            self.latency, self.measure_memory, workdir, log)
+        try:
+            self._executor.submit(job, key)
+        except Exception as exc:  # noqa: BLE001 - a job that cannot be sent is this row's failure
+            self.store.discard(workdir)
+            lock.__exit__(None, None, None)
+            row = _empty_row(item)
+            row.update(status=FAILED, error=f"nbopt could not hand this candidate to a worker: {one_line(exc)}",
+                       log=str(log))
+            return row
         self._inflight[key] = (item, workdir, lock)
-        self._executor.submit(job, key)
         return None
 
     def _collect(self, done) -> tuple[Planned, dict]:
