@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .candidate import Candidate
+from .candidate import Candidate, StudyResults
 from .errors import NboptError
 from .metrics import METRICS, Metric
-from .pareto import OBJECTIVES, pareto_mask, resolve
-from .schema import COLUMN_NAMES, OK, public
+from .schema import OK
 from .store import candidate_key, read_only, read_studies, read_study
 
 DB_NAME = "nbopt.sqlite"
@@ -219,7 +218,7 @@ class _Latency:
     batch_size: int
 
 
-class StoredStudy:
+class StoredStudy(StudyResults):
     """A study as its store recorded it: read it like a ``Study`` (nothing is run or measured again)."""
 
     def __init__(self, folder: Path, record: dict):
@@ -247,54 +246,6 @@ class StoredStudy:
     def short_id(self) -> str:
         return self.id[:SHORT]
 
-    @property
-    def results(self):
-        """The rows as ``Study.results`` showed them (the same columns)."""
-        import pandas as pd
-
-        rows = [public(c.row) for c in self.candidates]
-        extra = sorted({k for r in rows for k in r} - set(COLUMN_NAMES))
-        return pd.DataFrame(rows, columns=[*COLUMN_NAMES, *extra])
-
-    def pareto(self, objectives: Sequence[str] | None = None):
-        """The non-dominated ``ok`` rows for the objectives (default: the study's)."""
-        cols = resolve(objectives or self.objectives, self.metric.greater_is_better)
-        df = self.results
-        ok = df[df["status"] == OK]
-        mask = pareto_mask(ok[[c for c, _ in cols]].to_numpy(dtype=float), [s for _, s in cols])
-        return ok[mask].sort_values(cols[0][0])
-
-    def best(self, max_accuracy_drop: float | None = None, objective: str = "size", backend: str | None = None,
-             budget_on: str = "drop") -> Candidate | None:
-        """As ``Study.best``: the smallest (or fastest, ...) ``ok`` candidate within the accuracy budget
-        (default: the study's), of one backend if given; None if none fits."""
-        budget = self.max_accuracy_drop if max_accuracy_drop is None else max_accuracy_drop
-        if budget_on not in ("drop", "upper"):
-            raise NboptError(f"budget_on is {budget_on!r}; allowed: 'drop', 'upper'.")
-        if objective not in OBJECTIVES or objective == "accuracy":
-            known = ", ".join(o for o in OBJECTIVES if o != "accuracy")
-            raise NboptError(f"Unknown objective '{objective}' for best(); known objectives: {known}.")
-        if backend is not None and backend not in self.backends:
-            raise NboptError(f"This study has no backend '{backend}'; its backends: {', '.join(self.backends)}.")
-        column = OBJECTIVES[objective][0]
-        best = None
-        for cand in self.candidates:
-            r = cand.row
-            if r.get("status") != OK or r.get(column) is None or r.get("accuracy") is None:
-                continue
-            if backend is not None and r.get("backend") != backend:
-                continue
-            drop = r.get("accuracy_drop") or 0.0
-            if budget_on == "upper" and r.get("accuracy_drop_high") is not None:
-                drop = r["accuracy_drop_high"]
-            if budget is not None and drop > budget:
-                continue
-            b = None if best is None else best.row
-            if b is None or r[column] < b[column] or (r[column] == b[column]
-                                                      and self.metric.drop(r["accuracy"], b["accuracy"]) < 0):
-                best = cand
-        return best
-
     def size_table(self, name: str) -> dict:
         """Where candidate ``name``'s bytes go, as stored with its row."""
         cand = next((c for c in self.candidates if c.name == name), None)
@@ -308,24 +259,11 @@ class StoredStudy:
                              "cannot read where its bytes go.")
         return cand.row["size_breakdown"]
 
-    def plot(self, objectives: Sequence[str] | None = None):
-        from .plotting import pareto_figure
-
-        return pareto_figure(self, objectives)
-
-    def to_html(self, path: str | Path) -> Path:
-        from .report import write_report
-
-        return write_report(self, Path(path))
-
     def describe(self) -> str:
         """One line: id, model, metric, how many rows, finished or stopped."""
         state = "finished" if self.finished else f"stopped after {len(self.candidates)} of {self.total} candidates"
         return (f"study {self.short_id} ({self.model}; metric {self.metric.name}; "
                 f"{', '.join(self.backends)}): {len(self.candidates)} rows, {state}, last run {self.updated[:19]} UTC")
-
-    def _repr_html_(self) -> str:
-        return self.results.drop(columns=["artifact_path"])._repr_html_()
 
     def __repr__(self) -> str:
         ok = sum(c.row.get("status") == OK for c in self.candidates)

@@ -21,17 +21,17 @@ import numpy as np
 from ._version import __version__
 from .backends import backend_spec, default_backends, get_backend, model_kind, sensitivity_capable
 from .backends.base import Artifact, Backend
-from .candidate import Candidate
+from .candidate import Candidate, StudyResults
 from .data import Data, load
 from .errors import NboptError, one_line
 from .evaluator import LatencySettings, score
 from .executors import DEFAULT_TIMEOUT_S, EXECUTORS, check_timeout, check_workers, make_executor
 from .jobs import CandidateJob, PrepareJob, load_blob, rebased, remember
 from .metrics import Metric, get_metric
-from .pareto import OBJECTIVES, pareto_mask, resolve
+from .pareto import resolve
 from .quiet import candidate_log, quiet, write_log
 from .recipes import MONOTONE_PARAMS, RECIPES, Recipe, missing_calib, parse_recipes
-from .schema import COLUMN_NAMES, FAILED, OK, SKIPPED, empty_row, public
+from .schema import FAILED, OK, SKIPPED, empty_row, public
 from .speed import cpu_features, no_speedup_reasons
 from .stats import label_names, row_columns
 from .store import Store, StoreWriteError, candidate_key, scratch_in
@@ -52,7 +52,7 @@ class Planned:
         return f"{self.backend}:{self.recipe.label}"
 
 
-class Study:
+class Study(StudyResults):
     def __init__(self, model: Any, calib: Any = None, eval: Any = None, metric: str | Callable = "accuracy",
                  recipes: Iterable[Any] | None = None, backends: Sequence[str] | None = None,
                  max_accuracy_drop: float | None = None, store: str | Path | None = ".nbopt",
@@ -547,74 +547,6 @@ class Study:
             raise NboptError(f"No sensitivity analysis for backend '{backend}' in this study; backends that "
                              f"have it: {self.sensitivity_backends or 'none here'} (add one of {able} to backends).")
         return self.backends[backend]
-
-    @property
-    def results(self):
-        import pandas as pd
-
-        rows = [public(c.row) for c in self.candidates]
-        extra = sorted({k for r in rows for k in r} - set(COLUMN_NAMES))
-        return pd.DataFrame(rows, columns=[*COLUMN_NAMES, *extra])
-
-    def _objective_columns(self, objectives: Sequence[str] | None) -> list[tuple[str, str]]:
-        return resolve(objectives or self.objectives, self.metric.greater_is_better)
-
-    def pareto(self, objectives: Sequence[str] | None = None):
-        """The non-dominated ``ok`` rows for the objectives (default: the study's)."""
-        df = self.results
-        cols = self._objective_columns(objectives)
-        ok = df[df["status"] == OK]
-        mask = pareto_mask(ok[[c for c, _ in cols]].to_numpy(dtype=float), [s for _, s in cols])
-        return ok[mask].sort_values(cols[0][0])
-
-    def best(self, max_accuracy_drop: float | None = None, objective: str = "size",
-             backend: str | None = None, budget_on: str = "drop") -> Candidate | None:
-        """The smallest (or fastest, ...) measured candidate within the accuracy budget, of one backend if
-        ``backend`` is given; None if none fits. ``budget_on="upper"`` holds the upper end of the drop's
-        95 % interval to the budget instead of the drop itself (a drop that may be worse than it looks)."""
-        budget = self.max_accuracy_drop if max_accuracy_drop is None else max_accuracy_drop
-        if budget_on not in ("drop", "upper"):
-            raise NboptError(f"budget_on is {budget_on!r}; allowed: 'drop', 'upper'.")
-        if objective not in OBJECTIVES or objective == "accuracy":
-            known = ", ".join(o for o in OBJECTIVES if o != "accuracy")
-            raise NboptError(f"Unknown objective '{objective}' for best(); known objectives: {known}.")
-        if backend is not None and backend not in self.backends:
-            raise NboptError(f"This study has no backend '{backend}'; its backends: {', '.join(self.backends)}.")
-        column, _ = OBJECTIVES[objective]
-        best = None
-        for cand in self.candidates:
-            r = cand.row
-            if r["status"] != OK or r.get(column) is None or r.get("accuracy") is None:
-                continue
-            if backend is not None and r["backend"] != backend:
-                continue
-            drop = r.get("accuracy_drop") or 0.0
-            if budget_on == "upper" and r.get("accuracy_drop_high") is not None:
-                drop = r["accuracy_drop_high"]
-            if budget is not None and drop > budget:
-                continue
-            if best is None or self._better(r, best.row, column):
-                best = cand
-        return best
-
-    def _better(self, a: dict, b: dict, column: str) -> bool:
-        """Smaller on the objective; on a tie, the more accurate one (as the panel's recommendation)."""
-        if a[column] != b[column]:
-            return a[column] < b[column]
-        return self.metric.drop(a["accuracy"], b["accuracy"]) < 0
-
-    def plot(self, objectives: Sequence[str] | None = None):
-        from .plotting import pareto_figure
-
-        return pareto_figure(self, objectives)
-
-    def to_html(self, path: str | Path) -> Path:
-        from .report import write_report
-
-        return write_report(self, Path(path))
-
-    def _repr_html_(self) -> str:
-        return self.results.drop(columns=["artifact_path"])._repr_html_()
 
     def __repr__(self) -> str:
         ok = sum(c.row["status"] == OK for c in self.candidates)
