@@ -113,3 +113,21 @@ def tiny_digits_cnn(digits):
 @pytest.fixture()
 def store(tmp_path):
     return tmp_path / "store"
+
+
+def run_cli(*argv):
+    """``nbopt``'s command line in-process, its stdout / stderr captured (argparse's own exits included):
+    a SimpleNamespace(rc, out, err). Used by the CLI and reopen tests."""
+    import contextlib
+    import io
+    from types import SimpleNamespace
+
+    from nbopt.__main__ import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main([str(a) for a in argv])
+        except SystemExit as exc:
+            rc = exc.code
+    return SimpleNamespace(rc=rc, out=out.getvalue(), err=err.getvalue())

@@ -17,27 +17,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import run_cli  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from nbopt import cli  # noqa: E402
 from nbopt import data as nd  # noqa: E402
-from nbopt.__main__ import main  # noqa: E402
 from nbopt.errors import NboptError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = "fp16,int8-dynamic"
 
 
-def run_cli(*argv) -> SimpleNamespace:
-    """``main(argv)`` in-process, its stdout / stderr captured (argparse's own exits included)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main([str(a) for a in argv])
-        except SystemExit as exc:
-            rc = exc.code
-    return SimpleNamespace(rc=rc, out=out.getvalue(), err=err.getvalue())
+
 
 
 def assert_one_line_error(res, *words):

@@ -3,8 +3,6 @@
 them (``record``: record_study at the start, update_study_rows after each candidate and at the end)."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 import sqlite3
@@ -16,6 +14,8 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+
+from conftest import run_cli  # noqa: E402
 
 import nbopt
 from nbopt.errors import NboptError
@@ -67,16 +67,7 @@ def one_sentence(exc: BaseException) -> str:
     return text
 
 
-def run_cli(*argv) -> SimpleNamespace:
-    from nbopt.__main__ import main
 
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main([str(a) for a in argv])
-        except SystemExit as exc:
-            rc = exc.code
-    return SimpleNamespace(rc=rc, out=out.getvalue(), err=err.getvalue())
 
 
 @pytest.fixture(scope="module")
