@@ -57,6 +57,8 @@ class CandidateJob:
     workdir: Path
     log: Path
     extra: dict = field(default_factory=dict)
+    train: Any = None  # nbopt.data.Data (train=) for training recipes, else None
+    stop_flag: Path | None = None  # the study creates it on Stop; a training engine looks between batches
 
 
 class NoGate:
@@ -176,9 +178,12 @@ def run_candidate(job: CandidateJob, gate=None) -> dict:
 def _artifact(job: CandidateJob, backend):
     from .backends.base import Context
 
+    from .training import PROGRESS_FILE
+
     prepared = prepared_for(job, backend)
-    ctx = Context(workdir=job.workdir, calib=job.calib, seed=job.seed)
     job.workdir.mkdir(parents=True, exist_ok=True)
+    ctx = Context(workdir=job.workdir, calib=job.calib, seed=job.seed, train=job.train,
+                  progress=job.workdir / PROGRESS_FILE, stop_flag=job.stop_flag)
     if job.recipe.name == BASELINE:
         return backend.baseline(prepared, ctx)
     return backend.apply(prepared, job.recipe, ctx)
@@ -204,7 +209,8 @@ def _describe(row: dict, job: CandidateJob, backend, artifact) -> None:
 def _measure(row: dict, job: CandidateJob, backend, artifact) -> None:
     from .evaluator import measure
 
-    m = measure(backend, artifact, job.eval, job.latency, job.measure_memory)
+    data = artifact.eval_data if artifact.eval_data is not None else job.eval  # resized for resolution
+    m = measure(backend, artifact, data, job.latency, job.measure_memory)
     bad = int(np.size(m.outputs) - np.isfinite(m.outputs).sum()) if np.issubdtype(m.outputs.dtype, np.floating) else 0
     if bad:
         raise CandidateError(f"The candidate's outputs contain {bad} NaN or inf values on the evaluation data "

@@ -48,6 +48,22 @@ class RecipeDef:
     params: Mapping[str, Param] = field(default_factory=dict)
     needs_calib: bool = False
     monotone: str | None = None
+    needs_train: bool = False  # trains on train= data (qat, distill); resolution trains only with epochs > 0
+
+    @property
+    def training(self) -> bool:
+        """True for recipes that can train (their own plot marker, a train_seconds column)."""
+        return "epochs" in self.params
+
+
+def _training(epochs: int, lr: float, low_epochs: int = 1) -> dict[str, Param]:
+    """The parameters every training recipe shares (one fine-tuning engine per framework reads them)."""
+    return {
+        "epochs": Param(epochs, low=low_epochs, high=1000, help="passes over the train= data"),
+        "lr": Param(lr, low=1e-7, high=1.0, help="learning rate (Adam)"),
+        "max_train_seconds": Param(300, low=1, high=86400,
+                                   help="training stops after this many seconds (the best epoch so far is kept)"),
+    }
 
 
 _PER_CHANNEL = Param(True, choices=(True, False), help="one weight scale per output channel (False: one per tensor)")
@@ -86,6 +102,27 @@ RECIPES: dict[str, RecipeDef] = {
         "whole channels removed (smaller and faster), then fine-tuned where labels allow",
         {"amount": Param(0.3, low=0.05, high=0.9, help="fraction of channels removed per layer")},
         monotone="amount"),
+    "qat": RecipeDef(
+        "quantization-aware training: int8 fake quantization fine-tuned on train= data, then converted",
+        {**_training(3, 1e-4),
+         "bits": Param(8, choices=(8, 4), help="weight bits (4 only where the runtime has 4-bit kernels)")},
+        needs_train=True),
+    "distill": RecipeDef(
+        "knowledge distillation: a smaller student trained to match the model (the teacher) on train= data",
+        {**_training(5, 1e-3),
+         "student": Param("pruned", choices=("pruned", "mobilenet", "efficientnet", "shallow"),
+                          help="pruned: the structured-pruned model; mobilenet / efficientnet: a built-in "
+                               "mobile network; shallow: every k-th layer of a transformer encoder"),
+         "width": Param(0.5, low=0.05, high=2.0,
+                        help="student width: channel multiplier (mobile students), kept fraction (pruned), "
+                             "kept fraction of layers (shallow)"),
+         "temperature": Param(4.0, low=0.5, high=20.0, help="softmax temperature of the distillation loss")},
+        needs_train=True),
+    "resolution": RecipeDef(
+        "smaller input images (area interpolation), optionally fine-tuned at the new size",
+        {**_training(0, 1e-4, low_epochs=0),
+         "scale": Param(0.75, low=0.05, high=0.95,
+                        help="input side length as a fraction of the original (between 0 and 1)")}),
 }
 RECIPE_NAMES = tuple(RECIPES)
 MONOTONE_PARAMS = {name: d.monotone for name, d in RECIPES.items() if d.monotone}
@@ -97,6 +134,20 @@ def missing_calib(name: str, calib: Any) -> str:
         return (f"Recipe '{name}' needs calibration data: pass calib=... (a few hundred training examples "
                 "are enough).")
     return ""
+
+
+def missing_train(name: str, params: Mapping[str, Any], train: Any) -> str:
+    """'' or the sentence saying the recipe trains and needs train= data."""
+    d = RECIPES.get(name)
+    if d is None or train is not None:
+        return ""
+    if d.needs_train or (d.training and params.get("epochs", d.params["epochs"].default)):
+        return (f"Recipe '{name}' needs train=...: a few thousand training examples (with labels, or without "
+                "for distillation); eval data is never trained on.")
+    return ""
+
+
+TRAINING_RECIPES = tuple(n for n, d in RECIPES.items() if d.training)
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,12 @@ INFO_COLUMNS: tuple[Column, ...] = (
     Column("calib_rel_error", "float", "relative output error on calibration data (mixed precision)"),
     Column("delegate_report", "str", "path of the JSON delegate report beside the artifact"),
     Column("unmeasured", "str", "why accuracy and latency are empty (e.g. Core ML needs macOS)"),
+    Column("train_seconds", "float", "seconds spent training (training-based recipes: qat, distill, fine-tunes)"),
+    Column("train_epochs", "int", "epochs the training ran (fewer than asked when max_train_seconds ran out)"),
+    Column("student", "str", "the distilled student's architecture, e.g. 'MobileNetV3-style, width 0.5'"),
+    Column("preprocessing", "str", "what the app must do to an input before this artifact takes it "
+                                   "(e.g. 'resize 28x28 -> 21x21, area interpolation')"),
+    Column("input_shape", "str", "the artifact's input shape when it differs from the model's"),
 )
 INFO_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in INFO_COLUMNS)
 # internal row keys that never reach a view
@@ -77,6 +83,8 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "candidate_started": ("index", "name", "backend", "recipe", "params", "cached"),
     "candidate_finished": ("row",),  # an ok or skipped row
     "candidate_failed": ("row",),
+    # a training candidate's progress, after every epoch and every few seconds within one
+    "training_progress": ("name", "phase", "epoch", "epochs", "batch", "loss", "holdout_loss", "seconds"),
     "study_finished": ("stopped",),
 }
 

@@ -30,8 +30,8 @@ from .jobs import CandidateJob, PrepareJob, load_blob, rebased, remember
 from .metrics import Metric, get_metric
 from .pareto import resolve
 from .quiet import candidate_log, quiet, write_log
-from .recipes import MONOTONE_PARAMS, RECIPES, Recipe, missing_calib, parse_recipes
-from .schema import FAILED, OK, SKIPPED, empty_row, public
+from .recipes import MONOTONE_PARAMS, RECIPES, TRAINING_RECIPES, Recipe, missing_calib, missing_train, parse_recipes
+from .schema import EVENTS, FAILED, OK, SKIPPED, empty_row, public
 from .speed import cpu_features, no_speedup_reasons
 from .stats import label_names, row_columns
 from .store import Store, StoreWriteError, candidate_key, scratch_in
@@ -60,7 +60,7 @@ class Study(StudyResults):
                  callbacks: Iterable[Callback] = (), progress: bool = True, measure_memory: bool = True,
                  latency: LatencySettings | None = None, batch_size: int = 1, labels: Sequence[str] | None = None,
                  workers: int | str = 1, executor: str = "local", ray_address: str | None = None,
-                 timeout_s: float = DEFAULT_TIMEOUT_S):
+                 timeout_s: float = DEFAULT_TIMEOUT_S, train: Any = None):
         if not backends:
             model_kind(model)  # an unusable model is the first thing to say (named backends check it below)
         self.metric: Metric = get_metric(metric)
@@ -82,7 +82,7 @@ class Study(StudyResults):
         self.model = model
         self.store = Store(store if store is not None else _tempdir())  # None: a folder removed at exit
         with scratch_in(self.store):  # Arrow files of in-memory data: under the store
-            self._load_data(model, calib, eval, n_calib, labels)
+            self._load_data(model, calib, eval, n_calib, labels, train)
         self._executor = make_executor(executor, self.workers, self.timeout_s, ray_address)
         self._model_path = self._send_model(model)
         self._prep, self._unusable = self._prepare_all()
@@ -92,21 +92,26 @@ class Study(StudyResults):
         self.candidates: list[Candidate] = []
         self._callbacks: list[Callback] = list(callbacks)
         self._stop = threading.Event()
+        self._stop_flag = self.store.scratch("control") / "stop"  # Stop, as the workers' engines see it
         self._baseline_rows: dict[str, dict] = {}
         self._baseline_outputs: dict[str, np.ndarray] = {}
         self.stopped = False
         self.sensitivity: dict[str, Any] = {}
 
     # -- set-up ----------------------------------------------------------------------------------
-    def _load_data(self, model: Any, calib: Any, eval: Any, n_calib: int, labels: Sequence[str] | None) -> None:
+    def _load_data(self, model: Any, calib: Any, eval: Any, n_calib: int, labels: Sequence[str] | None,
+                   train: Any) -> None:
         self.eval_data: Data = load(eval, role="eval")
         if self.metric.needs_labels and not self.eval_data.has_labels:
             raise NboptError(f"Metric '{self.metric.name}' needs labels but the eval data has none: pass "
                              "(inputs, labels) or use metric='agreement' / 'cosine' to compare with the baseline.")
         self.calib_data: Data | None = load(calib, role="calib").sample(n_calib, self.seed) if calib is not None else None
-        self.eval_data, self.calib_data, names = _label_ids(model, labels, self.metric, self.eval_data,
-                                                            self.calib_data)
+        self.train_data: Data | None = load(train, role="train") if train is not None else None
+        self.eval_data, self.calib_data, self.train_data, names = _label_ids(
+            model, labels, self.metric, self.eval_data, self.calib_data, self.train_data)
         _check_same_inputs(self.calib_data, self.eval_data)
+        _check_same_inputs(self.train_data, self.eval_data, "train")
+        _warn_overlap(self.train_data, self.eval_data)
         self._eval_labels = self.eval_data.labels() if self.eval_data.has_labels else None  # read once
         self.class_names = names or label_names(self.eval_data)
 
@@ -214,13 +219,18 @@ class Study(StudyResults):
         if unknown:
             raise NboptError(f"Recipe '{recipe.name}' has no parameter {', '.join(map(repr, unknown))}; its "
                              f"parameters: {', '.join(sorted(known)) or 'none'}.")
-        missing = missing_calib(recipe.name, self.calib_data)
+        missing = missing_calib(recipe.name, self.calib_data) or missing_train(
+            recipe.name, {**_defaults(recipe.name), **recipe.params}, self.train_data)
         if missing:  # asked for by name: the data was forgotten
             raise NboptError(missing)
 
     def _missing_data(self, recipe: Recipe) -> str:
-        """A default sweep skips what needs calibration data it was not given."""
-        return "needs calibration data (pass calib=...)" if missing_calib(recipe.name, self.calib_data) else ""
+        """A default sweep skips what needs calibration or train data it was not given."""
+        if missing_calib(recipe.name, self.calib_data):
+            return "needs calibration data (pass calib=...)"
+        if missing_train(recipe.name, recipe.params, self.train_data):
+            return "needs train=...: a few thousand training examples"
+        return ""
 
     # -- events ----------------------------------------------------------------------------------
     def on(self, callback: Callback) -> None:
@@ -234,8 +244,13 @@ class Study(StudyResults):
                 warnings.warn(f"nbopt: a '{event}' callback failed:\n{traceback.format_exc(limit=3)}")
 
     def stop(self) -> None:
-        """End the sweep after the running candidate; everything finished is kept."""
+        """End the sweep: a candidate that is training stops within one batch (its row says so); one that
+        is converting or measuring finishes; nothing new starts; everything finished is kept."""
         self._stop.set()
+        try:
+            self._stop_flag.touch()
+        except OSError:  # the store went away: the sweep still stops between candidates
+            pass
 
     def close(self) -> None:
         """Remove this study's scratch space from the store (it also goes when the study is garbage
@@ -266,6 +281,7 @@ class Study(StudyResults):
         global _LAST
         _LAST = self
         self._stop.clear()
+        self._stop_flag.unlink(missing_ok=True)
         self.stopped = False
         self.candidates = []  # a second run() re-reads every finished row from the store
         self._record_study()  # before study_started: listeners may read self.study_id
@@ -273,6 +289,7 @@ class Study(StudyResults):
         bar = _progress_bar(self.total) if self.progress else None
         self._inflight: dict[str, tuple] = {}
         completed = False
+        watcher = self._watcher = _ProgressWatcher(self, bar).start()
         try:
             for name in self._unusable:
                 self._record(self._unusable_row(name), bar)
@@ -286,6 +303,7 @@ class Study(StudyResults):
                           "nbopt.last_study() returns them.")
             raise
         finally:
+            watcher.stop()
             if bar is not None:
                 bar.close()
             self._save_rows(finished=completed and not self.stopped)
@@ -337,6 +355,8 @@ class Study(StudyResults):
                 self._record(row, bar)
                 if self._breaks_budget(row):
                     broken.add(_monotone_group(item))
+        if self._stop.is_set():  # pressed while the last candidate ran
+            self.stopped = True
 
     def _dispatch(self, item: Planned) -> dict | None:
         """The stored row, or None once the candidate's job is on its way (its key locked meanwhile, so
@@ -356,7 +376,9 @@ class Study(StudyResults):
         prep = self._prep[item.backend]
         job = CandidateJob(key, item.name, item.backend, backend_spec(item.backend), item.recipe,
                            prep.get("prepared"), self._model_path, self.eval_data, self.calib_data, self.seed,
-                           self.latency, self.measure_memory, workdir, log)
+                           self.latency, self.measure_memory, workdir, log,
+                           train=self.train_data if _uses_train(item.recipe.name) else None,
+                           stop_flag=self._stop_flag)
         try:
             self._executor.submit(job, key)
         except Exception as exc:  # noqa: BLE001 - a job that cannot be sent is this row's failure
@@ -371,6 +393,7 @@ class Study(StudyResults):
 
     def _collect(self, done) -> tuple[Planned, dict]:
         """A finished job's row: its files moved into the store, the row stored, the key unlocked."""
+        self._watcher.poll(done.token)  # its last progress lines, before its work folder moves
         item, workdir, lock = self._inflight.pop(done.token)
         row = _empty_row(item)
         row["log"] = str(self.store.log_path(done.token))
@@ -443,12 +466,14 @@ class Study(StudyResults):
 
     def _key(self, item: Planned) -> str:
         backend = self.backends[item.backend]
+        parts = dict(model=self._model_fp[item.backend], calib=getattr(self.calib_data, "fingerprint", None),
+                     eval=self.eval_data.fingerprint, backend=item.backend, recipe=item.recipe.name,
+                     params=item.recipe.params_json(), versions=backend.versions(), nbopt=__version__,
+                     latency=vars(self.latency), memory=self.measure_memory)
+        if self.train_data is not None and _uses_train(item.recipe.name):
+            parts["train"] = self.train_data.fingerprint  # only where it matters: other rows stay reusable
         # No metric in the key: outputs are stored and the metric is recomputed from them on every run.
-        return candidate_key(model=self._model_fp[item.backend], calib=getattr(self.calib_data, "fingerprint", None),
-                             eval=self.eval_data.fingerprint, backend=item.backend, recipe=item.recipe.name,
-                             params=item.recipe.params_json(),
-                             versions=backend.versions(), nbopt=__version__, latency=vars(self.latency),
-                             memory=self.measure_memory)
+        return candidate_key(**parts)
 
     def _size_breakdown(self, backend: str, artifact: Artifact) -> dict | None:
         """Where the bytes go, read from the artifact; a file the reader cannot parse costs the row nothing."""
@@ -567,37 +592,107 @@ def optimize(model: Any, calib: Any = None, eval: Any = None, metric: str | Call
 
 
 # -- helpers -------------------------------------------------------------------------------------------
-def _check_same_inputs(calib: Data | None, eval_data: Data) -> None:
-    """Calibration data must feed the model the way the evaluation data does."""
-    if calib is None:
+def _uses_train(recipe: str) -> bool:
+    """Recipes that read train= (structured pruning fine-tunes on it when given)."""
+    return recipe in TRAINING_RECIPES or recipe == "prune-structured"
+
+
+def _defaults(recipe: str) -> dict:
+    return {k: p.default for k, p in RECIPES[recipe].params.items()} if recipe in RECIPES else {}
+
+
+def _check_same_inputs(other: Data | None, eval_data: Data, role: str = "calibration") -> None:
+    """Calibration and train data must feed the model the way the evaluation data does."""
+    if other is None:
         return
-    if calib.input_names != eval_data.input_names:
-        raise NboptError(f"The calibration data has inputs {calib.input_names} but the evaluation data has "
+    if other.input_names != eval_data.input_names:
+        raise NboptError(f"The {role} data has inputs {other.input_names} but the evaluation data has "
                          f"{eval_data.input_names}: give both the same inputs.")
-    c, e = calib.example(1), eval_data.example(1)
+    c, e = other.example(1), eval_data.example(1)
     for name in e:
         if c[name].shape[1:] != e[name].shape[1:]:
-            raise NboptError(f"Calibration examples of '{name}' have shape {c[name].shape[1:]} but evaluation "
-                             f"examples have {e[name].shape[1:]}: give both in the model's input shape.")
+            raise NboptError(f"{role.capitalize()} examples of '{name}' have shape {c[name].shape[1:]} but "
+                             f"evaluation examples have {e[name].shape[1:]}: give both in the model's input shape.")
+
+
+def _warn_overlap(train: Data | None, eval_data: Data) -> None:
+    """Eval examples found in train= would make every trained candidate look better than it is."""
+    if train is None:
+        return
+    from .training import overlap
+
+    n = overlap(train, eval_data)
+    if n:
+        total = eval_data.num_examples or n
+        warnings.warn(f"nbopt: {n} of {total} eval examples also appear in train=...: trained candidates will "
+                      "look better than they are; split your data so that eval examples are never trained on.",
+                      stacklevel=4)
+
+
+class _ProgressWatcher:
+    """Tails the progress files of the candidates in flight (written by training engines in the workers)
+    and turns each line into a ``training_progress`` event and the progress bar's text."""
+
+    def __init__(self, study: "Study", bar, every: float = 0.5):
+        self.study, self.bar, self.every = study, bar, every
+        self._offsets: dict[str, int] = {}
+        self._lock = threading.Lock()  # the thread and _collect both poll
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="nbopt-progress", daemon=True)
+
+    def start(self) -> "_ProgressWatcher":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._done.wait(self.every):
+            self.poll()
+
+    def poll(self, only: str | None = None) -> None:
+        from .training import PROGRESS_FILE, read_new
+
+        with self._lock:
+            for key, (item, workdir, _lock) in list(getattr(self.study, "_inflight", {}).items()):
+                if only is None or key == only:
+                    self._emit(key, item, *read_new(Path(workdir) / PROGRESS_FILE, self._offsets.get(key, 0)))
+
+    def _emit(self, key: str, item: Planned, lines: list[dict], offset: int) -> None:
+        self._offsets[key] = offset
+        for line in lines:
+            payload = {k: line.get(k) for k in EVENTS["training_progress"]}
+            payload["name"] = item.name
+            self.study._emit("training_progress", payload)
+            if self.bar is not None:
+                self.bar.set_postfix_str(_progress_text(payload)[:60])
+
+
+def _progress_text(p: dict) -> str:
+    loss = f" loss {p['loss']:.4g}" if isinstance(p.get("loss"), (int, float)) else ""
+    return f"{p['name']} {p.get('phase') or 'training'} epoch {p.get('epoch')}/{p.get('epochs')}{loss}"
 
 
 def _label_ids(model: Any, names: Sequence[str] | None, metric: Metric, eval_data: Data,
-               calib: Data | None) -> tuple[Data, Data | None, list[str] | None]:
-    """Class-name labels become class indices, from ``labels=`` or the model's own ``config.id2label``."""
-    if not eval_data.string_labels and not (calib is not None and calib.string_labels):
-        return eval_data, calib, [str(n) for n in names] if names is not None else None
+               calib: Data | None, train: Data | None = None):
+    """Class-name labels become class indices, from ``labels=`` or the model's own ``config.id2label``:
+    (eval, calib, train, names)."""
+    if not any(d is not None and d.string_labels for d in (eval_data, calib, train)):
+        return eval_data, calib, train, [str(n) for n in names] if names is not None else None
     if names is None:
         id2label = getattr(getattr(model, "config", None), "id2label", None)
         names = [id2label[i] for i in sorted(id2label)] if isinstance(id2label, dict) and id2label else None
     if names is None:
         if metric.fn.__module__ != "nbopt.metrics":
-            return eval_data, calib, None  # the user's own metric gets the names as they are
+            return eval_data, calib, train, None  # the user's own metric gets the names as they are
         raise NboptError("The labels are class names, not class indices: pass labels=[...] with the class "
                          "names in the order of the model's outputs (or give integer labels).")
     names = [str(n) for n in names]
     fixed = [d.with_label_ids(names, role) if d is not None and d.string_labels else d
-             for d, role in ((eval_data, "eval"), (calib, "calib"))]
-    return fixed[0], fixed[1], names
+             for d, role in ((eval_data, "eval"), (calib, "calib"), (train, "train"))]
+    return fixed[0], fixed[1], fixed[2], names
 
 
 def _pickle_with_own_code(model: Any) -> bytes:

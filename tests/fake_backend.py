@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from nbopt.backends.base import Artifact, Backend, Context
+from nbopt.backends.base import Artifact, Backend, Context, Param
 from nbopt.backends.common import hash_arrays
-from nbopt.errors import NboptError
+from nbopt.errors import CandidateError, NboptError
 from nbopt.recipes import Recipe
 
 
@@ -144,4 +144,64 @@ class WideFakeBackend(FakeBackend):
                      bias=prepared.bias)
 
 
+
+
+# -- a training recipe on the fake: softmax regression with int8 fake-quantized weights (numpy) --------
+@FakeBackend.recipe("qat", honours={"bits": (8,)},
+                    batch_delay=Param(0.0, low=0.0, high=5.0, help="seconds of sleep per batch (Stop tests)"))
+def _qat(backend, prepared: FakeModel, params: dict, ctx: Context) -> Artifact:
+    """Trains through the shared pieces every engine uses (held-out split, clock, progress, Stop, NaN)."""
+    import time
+
+    from nbopt.training import (Clock, TrainReport, TrainSettings, TrainingStopped, check_divergence,
+                                split_holdout)
+
+    s = TrainSettings.of(params, ctx.seed)
+    if not ctx.train.has_labels:
+        raise CandidateError("The fake qat needs labelled train= data (cross-entropy).")
+    fit, held = split_holdout(ctx.train, s.seed)
+    w, b = prepared.weights.copy(), prepared.bias.copy()
+    rep, clock = TrainReport(epochs=s.epochs, holdout=held.num_examples if held is not None else 0), Clock(s.max_train_seconds)
+    for epoch in range(1, s.epochs + 1):
+        losses = []
+        for i, (inputs, labels) in enumerate(fit.batches(s.batch_size), 1):
+            if ctx.should_stop():
+                raise TrainingStopped(f"Stopped by the user during qat (epoch {epoch}/{s.epochs}, batch {i}).")
+            time.sleep(float(params["batch_delay"]))
+            x = next(iter(inputs.values())).reshape(len(labels), -1).astype(np.float32)
+            q, scale = _int8(w, True)
+            logits = x @ (q * scale) + b  # forward through the quantized weights, gradient straight through
+            p = np.exp(logits - logits.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            loss = float(-np.log(p[np.arange(len(labels)), labels] + 1e-12).mean())
+            check_divergence(loss if np.isfinite(logits).all() else float("nan"), epoch, i)
+            p[np.arange(len(labels)), labels] -= 1
+            w -= s.lr * x.T @ p / len(labels)
+            b -= s.lr * p.mean(0)
+            losses.append(loss)
+            if epoch == 1:
+                rep.examples += len(labels)
+        rep.epochs_run, rep.best_epoch = epoch, epoch
+        rep.losses.append(float(np.mean(losses)))
+        ctx.report(phase="qat", epoch=epoch, epochs=s.epochs, loss=rep.losses[-1], seconds=clock.seconds)
+        if clock.out:
+            rep.out_of_time = True
+            break
+    rep.seconds = clock.seconds
+    q, scale = _int8(w, True)
+    art = _save(ctx, "model_qat.npz", rep.note("qat"), weights=q, scale=scale, bias=b)
+    art.info.update(rep.info())
+    return art
+
+
+class TrainingFakeBackend(FakeBackend):
+    """"fake-train": the fake whose default sweep includes qat (skipped without train=)."""
+
+    name = "fake-train"
+
+    def default_recipes(self, prepared: FakeModel) -> list[Recipe]:
+        return [Recipe("int8-dynamic"), Recipe("qat")]
+
+
+TrainingFakeBackend.handlers.update(FakeBackend.handlers)
 WideFakeBackend.handlers.update(FakeBackend.handlers)  # the same recipes (subclasses start with none)

@@ -191,7 +191,7 @@ def test_panel_setup_mode_chooses_recipes_and_runs(tiny, tmp_path):
     panel = Panel(net, calib=calib, eval=val, store=str(tmp_path / "st"), backends=[BACKEND])
     assert panel.mode == "setup" and panel.status == "idle"
     assert panel.backends == [BACKEND]
-    assert sorted(panel.available_backends) == ["fake", "fake-wide"]  # the installed ones that take this model
+    assert sorted(panel.available_backends) == ["fake", "fake-train", "fake-wide"]  # installed ones taking it
     from fake_backend import FakeBackend
 
     assert panel.available_recipes == sorted(FakeBackend.handlers)

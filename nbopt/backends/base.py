@@ -19,7 +19,7 @@ from typing import Any, Callable, ClassVar, Protocol
 import numpy as np
 
 from ..errors import NboptError
-from ..recipes import RECIPES, Param, Recipe, missing_calib  # noqa: F401  (Param: for handlers' own params)
+from ..recipes import RECIPES, Param, Recipe, missing_calib, missing_train  # noqa: F401  (Param: for handlers' own params)
 
 
 @dataclass
@@ -31,6 +31,9 @@ class Artifact:
     files: list[Path] = field(default_factory=list)
     notes: str = ""  # shown on the row: what was quantized, which exporter, why a fallback
     info: dict[str, Any] = field(default_factory=dict)  # extra result columns
+    # The eval data as this artifact takes it (``resolution``: images resized); None: the study's own.
+    # Set in the worker that built the artifact and used there only (never stored).
+    eval_data: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -52,14 +55,32 @@ class Runner(Protocol):
 
 @dataclass
 class Context:
-    """What a handler may use besides the model: calibration data (never eval data) and a folder.
+    """What a handler may use besides the model: calibration and train data (never eval data), a folder,
+    and the channel to the study (progress reports, Stop).
 
-    ``calib`` is set whenever the recipe needs it: the study checks that once, before the sweep.
+    ``calib`` / ``train`` are set whenever the recipe needs them: the study checks that once, before the
+    sweep. A training engine reports through ``report`` and looks at ``should_stop`` between batches.
     """
 
     workdir: Path
     calib: Any = None  # nbopt.data.Data or None
     seed: int = 0
+    train: Any = None  # nbopt.data.Data or None (train=...)
+    progress: Path | None = None  # JSON lines the study tails (nbopt.training.report)
+    stop_flag: Path | None = None  # exists once the user pressed Stop
+
+    def report(self, **payload: Any) -> None:
+        from ..training import report
+
+        report(self.progress, **payload)
+
+    def should_stop(self) -> bool:
+        return self.stop_flag is not None and self.stop_flag.exists()
+
+    @property
+    def calib_or_train(self) -> Any:
+        """Calibration data, else the train data (a training recipe calibrates on what it trains on)."""
+        return self.calib if self.calib is not None else self.train
 
 
 Handler = Callable[["Backend", Any, dict, Context], Artifact]
@@ -195,7 +216,7 @@ class Backend:
         return full
 
     def apply(self, prepared: Any, recipe: Recipe, ctx: Context) -> Artifact:
-        reason = missing_calib(recipe.name, ctx.calib)
+        reason = missing_calib(recipe.name, ctx.calib) or missing_train(recipe.name, recipe.params, ctx.train)
         if reason:
             raise NboptError(reason)
         return self.handlers[recipe.name].handler(self, prepared, dict(recipe.params), ctx)

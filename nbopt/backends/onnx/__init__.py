@@ -5,6 +5,6 @@ session, ``convert`` torch export and file loading, ``graph`` graph rewrites, ``
 helpers, ``sensitivity`` the per-node analysis, ``reports`` what a quantized graph holds.
 """
 from .backend import OnnxBackend
-from . import recipes  # noqa: E402,F401  (registers the recipe handlers)
+from . import recipes, qat, distill, resolution  # noqa: E402,F401  (each registers its recipe handlers)
 
 __all__ = ["OnnxBackend"]

@@ -7,6 +7,8 @@ file (external data included) or an ``onnx.ModelProto``. Recipes: fp16, int8-dyn
 """
 from __future__ import annotations
 
+import copy
+
 import contextlib
 import os
 import shutil
@@ -40,6 +42,10 @@ class OnnxPrepared:
     note: str  # exporter / source note, repeated on the baseline row
     _pre: tuple[Path, str] | None = None  # quant_pre_process output and its note
     _cache: dict = field(default_factory=dict)  # sensitivity tables, reference outputs, calib ranges
+    # the torch module the graph was exported from (a copy, eval mode): training recipes (qat, distill,
+    # resolution) train it in torch and export the result; None for an .onnx file or ModelProto
+    module: Any = field(default=None, repr=False)
+    single_input: bool = True
 
     @property
     def input_names(self) -> list[str]:
@@ -99,6 +105,7 @@ class OnnxBackend(Backend):
             ex = example.example(2 if getattr(example, "num_examples", 2) >= 2 else 1)
             path, note = export_torch(model, ex, bool(example.single_input), workdir)
             source = "torch"
+            module = _torch_copy(model)
         else:
             raise NboptError(f"The ONNX backend takes a torch.nn.Module, an onnx.ModelProto or a path to an "
                              f".onnx file, not a {type(model).__name__}.")
@@ -106,7 +113,9 @@ class OnnxBackend(Backend):
             graph = graph_inputs(path)
         except Exception as exc:
             raise NboptError(f"Cannot read the ONNX model's inputs ({one_line(exc, with_type=False)}).") from exc
-        prepared = OnnxPrepared(dir=workdir, path=path, inputs=graph, source=source, note=note)
+        prepared = OnnxPrepared(dir=workdir, path=path, inputs=graph, source=source, note=note,
+                                module=module if source == "torch" else None,
+                                single_input=bool(getattr(example, "single_input", True)))
         # Check the model loads in onnxruntime and that the data's names fit, now, with one sentence.
         try:
             runner = OrtRunner(path, threads=1)
@@ -157,6 +166,8 @@ class OnnxBackend(Backend):
         recipes = [Recipe("fp16"), Recipe("int8-dynamic"), Recipe("int8-static"), Recipe("mixed-precision")]
         if ops & {"MatMul", "Gemm"}:
             recipes += [Recipe("int8-weight-only"), Recipe("int4-weight-only")]
+        if prepared.module is not None:  # training recipes train the torch source (skipped without train=)
+            recipes += [Recipe(name) for name in ("qat", "distill") if name in self.handlers]
         return [self.validate(r) for r in recipes]
 
     def size_breakdown(self, artifact: Artifact) -> dict:
@@ -329,3 +340,11 @@ def private_source(src: Path, folder: Path):
         yield own / src.name
     finally:
         shutil.rmtree(own, ignore_errors=True)
+
+
+def _torch_copy(model: Any) -> Any:
+    """A CPU eval-mode copy of the user's torch module, for the training recipes (None if it cannot be copied)."""
+    try:
+        return copy.deepcopy(model).cpu().eval()
+    except Exception:  # noqa: BLE001 - training recipes then fail with their own sentence
+        return None

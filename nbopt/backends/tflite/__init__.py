@@ -5,6 +5,6 @@ the LiteRT interpreter.
 ``convert`` the converter calls, ``reports`` the weight types and the delegate report.
 """
 from .backend import TFLiteBackend
-from . import recipes  # noqa: E402,F401  (registers the recipe handlers)
+from . import recipes, qat, distill, resolution  # noqa: E402,F401  (each registers its recipe handlers)
 
 __all__ = ["TFLiteBackend"]

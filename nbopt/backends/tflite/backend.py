@@ -149,6 +149,7 @@ class TFLiteBackend(Backend):
         recipes = [Recipe("fp16"), Recipe("int8-dynamic"), Recipe("int8-static")]
         if prepared.kind == "keras":
             recipes.append(Recipe("prune-unstructured"))
+            recipes += [Recipe(name) for name in ("qat", "distill") if name in self.handlers]  # need train=
         return [self.validate(r) for r in recipes]
 
     def size_breakdown(self, artifact: Artifact) -> dict:

@@ -5,6 +5,6 @@ the files, ``convert`` export and lowering, ``quant`` / ``prune`` the techniques
 candidate holds.
 """
 from .backend import TorchBackend
-from . import recipes  # noqa: E402,F401  (registers the recipe handlers)
+from . import recipes, qat, distill, resolution  # noqa: E402,F401  (each registers its recipe handlers)
 
 __all__ = ["TorchBackend"]

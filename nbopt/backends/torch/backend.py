@@ -104,6 +104,7 @@ class TorchBackend(Backend):
             Recipe("int8-weight-only"),
             Recipe("prune-structured", {"amount": 0.3}),
             Recipe("prune-structured", {"amount": 0.5}),
+            *(Recipe(name) for name in ("qat", "distill") if name in self.handlers),  # skipped without train=
         ]
 
     def size_breakdown(self, artifact: Artifact) -> dict:

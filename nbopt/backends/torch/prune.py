@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
-
 from ...errors import CandidateError
 from ...quiet import quiet
 from .runner import first_output, import_torch, to_tensors
@@ -73,31 +71,3 @@ def structured(model, example: tuple, amount: float):
                                       forward_fn=lambda m, x: first_output(m(*x)))
         pruner.step()
     return model
-
-
-def finetune(model, calib, input_names: list[str], epochs: int, seed: int, lr: float = 1e-3) -> int:
-    """A short fine-tune on the calibration data (cross-entropy for integer labels, MSE otherwise).
-    Returns the number of examples seen per epoch."""
-    torch = import_torch()
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    per_epoch = 0
-    try:
-        for epoch in range(epochs):
-            for inputs, labels in calib.batches(32):
-                x = to_tensors({k: inputs[k] for k in input_names})
-                y = torch.from_numpy(np.asarray(labels))
-                out = first_output(model(*x))
-                if y.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8) and out.dim() == 2:
-                    loss = torch.nn.functional.cross_entropy(out, y.long())
-                else:
-                    loss = torch.nn.functional.mse_loss(out.float(), y.float().reshape(out.shape))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                if epoch == 0:
-                    per_epoch += len(y)
-    finally:
-        model.eval()
-    return per_epoch

@@ -6,13 +6,15 @@ import zlib
 from pathlib import Path
 
 from ...errors import CandidateError, library_failure
+from ...training import TrainSettings
 from ..base import Artifact, Context, Param
 from .backend import TorchBackend, TorchPrepared, build
-from .prune import count_params, finetune, structured, unstructured
+from .prune import count_params, structured, unstructured
 from .quant import (int4_config, int8_dynamic_config, int8_weight_only_config, linear_divisible_by, pt2e_static,
                     torchao_quantize)
 from .reports import describe, layer_counts
 from .runner import PT2, first_output, import_torch
+from .train import fit, supervised
 
 
 @TorchBackend.recipe("fp16")
@@ -125,7 +127,8 @@ def _prune_unstructured(backend, prepared: TorchPrepared, params: dict, ctx: Con
 
 @TorchBackend.recipe("prune-structured",
                      finetune_epochs=Param(5, low=0, high=100,
-                                           help="epochs of fine-tuning on the calibration data (needs labels)"))
+                                           help="epochs of fine-tuning on train= data (else the labelled "
+                                                "calibration data)"))
 def _prune_structured(backend, prepared: TorchPrepared, params: dict, ctx: Context) -> Artifact:
     before = count_params(prepared.module)
     with library_failure("Torch-Pruning on this model"):
@@ -133,19 +136,21 @@ def _prune_structured(backend, prepared: TorchPrepared, params: dict, ctx: Conte
     after = count_params(module)
     notes = [f"Torch-Pruning MetaPruner, L1 magnitude, {params['amount']:.0%} of channels removed (last layer "
              f"kept): {before} -> {after} parameters ({_ratio(after, before)})"]
+    info = {"quantized": "none (fp32)", "params_before": before, "params_after": after}
     epochs = int(params["finetune_epochs"])
+    data, source = (ctx.train, "train") if ctx.train is not None else (ctx.calib, "calibration")
     if epochs == 0:
         notes.append("not fine-tuned (finetune_epochs=0)")
-    elif ctx.calib is None:
-        notes.append("not fine-tuned: no calibration data")
-    elif not ctx.calib.has_labels:
-        notes.append("not fine-tuned: the calibration data has no labels")
+    elif data is None:
+        notes.append("not fine-tuned: no train= or calibration data")
+    elif not data.has_labels:
+        notes.append(f"not fine-tuned: the {source} data has no labels (distill with student='pruned' needs none)")
     else:
-        with library_failure("Fine-tuning the pruned model"):
-            seen = finetune(module, ctx.calib, prepared.input_names, epochs, ctx.seed)
-        notes.append(f"fine-tuned {epochs} epochs on {seen} calibration examples")
-    return build(module, prepared, ctx, notes=notes,
-                  info={"quantized": "none (fp32)", "params_before": before, "params_after": after})
+        settings = TrainSettings(epochs, 1e-3, seed=ctx.seed)
+        report = fit(module, data, prepared.input_names, supervised, settings, ctx, what="fine-tuning")
+        notes.append(report.note(f"fine-tuned (cross-entropy) on {source} data:"))
+        info.update(report.info())
+    return build(module, prepared, ctx, notes=notes, info=info)
 
 
 def _ratio(a: int, b: int) -> str:
