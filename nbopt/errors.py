@@ -17,6 +17,11 @@ class CandidateError(RuntimeError):
     """A candidate could not be built or run; it becomes a ``failed`` row, not a crash."""
 
 
+class SkipCandidate(CandidateError):
+    """The recipe does not apply to this model (a model that cannot take a smaller input): a ``skipped``
+    row with the sentence, not a failure."""
+
+
 def one_line(exc: BaseException, limit: int = 500, with_type: bool | None = None) -> str:
     """The first line of an exception's message, without terminal colour codes.
 

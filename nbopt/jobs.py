@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CandidateError, NboptError, one_line
+from .errors import CandidateError, NboptError, SkipCandidate, one_line
 from .quiet import candidate_log, quiet, write_log
 from .recipes import Recipe
-from .schema import FAILED, OK, info_columns
+from .schema import FAILED, OK, SKIPPED, info_columns
 
 BASELINE = "baseline"
 
@@ -168,6 +168,8 @@ def run_candidate(job: CandidateJob, gate=None) -> dict:
             if not artifact.info.get("unmeasured"):
                 with gate.measuring():
                     _measure(row, job, backend, artifact)
+        except SkipCandidate as exc:  # the recipe does not apply to this model
+            row = {"log": str(job.log), "status": SKIPPED, "error": one_line(exc)}
         except Exception as exc:  # noqa: BLE001 - a failed candidate is a row with its error, not a crash
             write_log(traceback.format_exc())
             row = {"log": str(job.log), "status": FAILED, "error": one_line(exc)}
