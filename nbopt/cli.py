@@ -49,6 +49,9 @@ def add_optimize_parser(sub) -> argparse.ArgumentParser:
                         ".jsonl/.json, a folder saved with datasets' save_to_disk, or an image folder")
     p.add_argument("--calib", metavar="DATA",
                    help="calibration data (same forms as --eval); needed by int8-static and mixed-precision")
+    p.add_argument("--train", metavar="DATA",
+                   help="training data (same forms as --eval, labels optional); needed by qat and distill, and "
+                        "used by fine-tunes; never the eval data")
     p.add_argument("--metric", default="accuracy", metavar="M",
                    help=f"the metric: {', '.join(METRICS)} (default accuracy); cosine and agreement compare "
                         "with the baseline's outputs and need no labels")
@@ -145,13 +148,13 @@ def run_optimize(args: argparse.Namespace) -> int:
 def _study(args: argparse.Namespace, recipes: list | None, backends: list[str] | None):
     from .study import Study
 
-    for option, value in (("--eval", args.eval), ("--calib", args.calib)):
+    for option, value in (("--eval", args.eval), ("--calib", args.calib), ("--train", args.train)):
         if value is not None and not Path(value).exists():
             raise NboptError(f"{option}: data path '{value}' does not exist: check the path.")
     if Path(args.store).exists() and not Path(args.store).is_dir():
         raise NboptError(f"--store: '{args.store}' is a file; give a folder (it is created if missing).")
     progress = sys.stdout.isatty() and sys.stderr.isatty()  # no bar garbage in CI logs or pipes
-    return Study(args.model, calib=args.calib, eval=args.eval, metric=args.metric, recipes=recipes,
+    return Study(args.model, calib=args.calib, eval=args.eval, train=args.train, metric=args.metric, recipes=recipes,
                  backends=backends, max_accuracy_drop=args.max_drop, store=args.store, progress=progress,
                  measure_memory=not args.no_memory, workers=_workers(args.workers),
                  **({"timeout_s": args.timeout} if args.timeout is not None else {}))

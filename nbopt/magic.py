@@ -53,6 +53,7 @@ class OptimizeMagics(Magics):
     @argument("--model", metavar="VAR", help="notebook variable holding the model (required)")
     @argument("--calib", metavar="VAR", help="notebook variable holding the calibration data")
     @argument("--eval", metavar="VAR", help="notebook variable holding the evaluation data")
+    @argument("--train", metavar="VAR", help="notebook variable holding training data (qat, distill, fine-tunes)")
     @argument("--metric", help="accuracy, top5, f1, mse, mae, cosine, agreement, or a notebook function "
               "(outputs, labels) -> float")
     @argument("--backends", metavar="LIST", help="comma-separated backends, e.g. torch,onnx")
@@ -80,6 +81,7 @@ class OptimizeMagics(Magics):
         model = self._variable("--model", args.model)
         calib = self._variable("--calib", args.calib) if args.calib else None
         data = self._variable("--eval", args.eval) if args.eval else None
+        train = self._variable("--train", args.train) if args.train else None
 
         from .study import Study
         from .sweep import wait_for_sweeps
@@ -87,7 +89,7 @@ class OptimizeMagics(Magics):
 
         wait_for_sweeps()  # a sweep started by an earlier cell must not run beside this one
         try:
-            study = Study(model, calib=calib, eval=data, progress=False, **kwargs)
+            study = Study(model, calib=calib, eval=data, train=train, progress=False, **kwargs)
         except NboptError as exc:
             raise UsageError(one_line(exc)) from None
 

@@ -45,6 +45,7 @@ class Panel(anywidget.AnyWidget):
     total = t.Int(0).tag(sync=True)
     done = t.Int(0).tag(sync=True)
     running = t.Unicode("").tag(sync=True)  # name of the running candidate
+    training = t.Dict().tag(sync=True)  # the last training_progress event (epoch, loss, seconds) of it
     elapsed_s = t.Float(0.0).tag(sync=True)
     durations = t.List(t.Float()).tag(sync=True)  # seconds per finished candidate (for the estimate)
     rows = t.List(t.Dict()).tag(sync=True)  # study.results rows, JSON-safe, each with a stable "id"
@@ -251,8 +252,11 @@ class Panel(anywidget.AnyWidget):
             self.elapsed_s = round(now - self._t0, 2)
             if event == "study_started":
                 self.total = int(payload.get("total", self.total))
+            elif event == "training_progress":
+                self.training = _json_value(dict(payload))
             elif event == "candidate_started":
                 self.running = str(payload.get("name", ""))
+                self.training = {}
                 self._started_at = None if payload.get("cached") else now
             elif event in ("candidate_finished", "candidate_failed"):
                 row = _json_row(payload["row"], len(self.rows))

@@ -119,3 +119,16 @@ def test_holdout_split_is_seeded_and_disjoint(fake_data):
     tiny_fit, none = split_holdout(load((xtr[:20], ytr[:20])))
     assert none is None and tiny_fit.num_examples == 20
     assert TrainSettings.of({"epochs": 2, "lr": 0.1}).max_train_seconds == 300
+
+
+def test_the_panel_shows_training_progress_and_training_time(fake_model, split, store):
+    from nbopt.widget import Panel
+
+    s = study(fake_model, split, store, recipes=[{"qat": {"epochs": 2}}])
+    seen = []
+    panel = Panel.follow(s)
+    panel.observe(lambda change: seen.append(dict(change["new"])), names="training")
+    s.run()
+    assert [p["epoch"] for p in seen if p] == [1, 2] and seen[-1]["name"] == "fake:qat(epochs=2)"
+    row = next(r for r in panel.rows if r["recipe"] == "qat")
+    assert row["train_seconds"] > 0 and row["train_epochs"] == 2

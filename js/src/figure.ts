@@ -8,6 +8,7 @@ import {
   hoverText,
   isBaseline,
   isPercentMetric,
+  isTrained,
   paretoFront,
   plottable,
   sensitivityHover,
@@ -109,6 +110,7 @@ export function buildFigure(rows: Row[], o: FigureOptions): { data: Trace[]; lay
       hovertemplate: "%{text}<extra></extra>",
       marker: {
         color,
+        symbol: cands.map((r) => (isTrained(r) ? "diamond" : "circle")), // trained candidates stand out
         size: cands.map((r) => (frontIds.has(r.id) ? 12 : 9)),
         opacity: cands.map((r) => (withinBudget(r, o.maxDrop) ? 1 : 0.25)),
         line: { width: cands.map((r) => (frontIds.has(r.id) ? 1.5 : 0)), color: ink },

@@ -66,6 +66,31 @@ export function isNum(v: unknown): v is number {
   return typeof v === "number" && Number.isFinite(v);
 }
 
+/** A training-based candidate (qat, distill, a fine-tune): it has its own marker on the plot. */
+export function isTrained(row: Row): boolean {
+  return isNum(field(row, "train_seconds"));
+}
+
+/** The training_progress event as the header's status shows it: "training epoch 2/5, loss 0.31, 12 s". */
+export interface TrainingProgress {
+  name?: string;
+  phase?: string | null;
+  epoch?: number | null;
+  epochs?: number | null;
+  loss?: number | null;
+  holdout_loss?: number | null;
+  seconds?: number | null;
+}
+
+export function trainingText(p: TrainingProgress | null | undefined): string {
+  if (!p || !isNum(p.epoch)) return "";
+  const parts = [`${p.phase || "training"} epoch ${p.epoch}${isNum(p.epochs) ? `/${p.epochs}` : ""}`];
+  if (isNum(p.loss)) parts.push(`loss ${Number(p.loss.toPrecision(3))}`);
+  if (isNum(p.holdout_loss)) parts.push(`held-out ${Number(p.holdout_loss.toPrecision(3))}`);
+  if (isNum(p.seconds)) parts.push(formatDuration(p.seconds));
+  return parts.join(", ");
+}
+
 export function isBaseline(row: Row): boolean {
   return row.recipe === "baseline";
 }
@@ -349,7 +374,8 @@ export function escapeHtml(s: string): string {
 const KNOWN_COLUMNS = [
   "name", "backend", "recipe", "params", "format", "status", "error", "accuracy", "accuracy_drop",
   "size_bytes", "size_compressed_bytes", "size_ratio", "latency_ms", "latency_p90_ms", "threads",
-  "peak_memory_mb", "notes", "artifact_path",
+  "peak_memory_mb", "train_seconds", "train_epochs", "student", "preprocessing", "input_shape", "notes",
+  "artifact_path",
 ];
 // id: internal; the drop's interval is shown with the drop; per_class and size_breakdown have their own blocks
 const HIDDEN_COLUMNS = new Set(["id", "accuracy_drop_low", "accuracy_drop_high", "per_class", "size_breakdown"]);
@@ -367,6 +393,7 @@ export function formatCell(column: string, v: unknown, metric: string): string {
   if (column === "size_ratio") return isNum(v) ? `${(v * 100).toFixed(1)} %` : "–";
   if (column.endsWith("_ms")) return formatMs(v as number);
   if (column.endsWith("_mb")) return formatMB(v as number);
+  if (column === "train_seconds") return formatDuration(v as number);
   if (column === "params") return formatParams(v as Record<string, unknown>) || "–";
   if (typeof v === "number") return Number.isInteger(v) ? String(v) : Number(v.toPrecision(4)).toString();
   if (typeof v === "object") return JSON.stringify(v);
@@ -402,6 +429,9 @@ const HOVER_FIELDS: [string, string][] = [
   ["latency_ms", "latency (median)"],
   ["latency_p90_ms", "latency p90"],
   ["peak_memory_mb", "peak memory"],
+  ["train_seconds", "training"],
+  ["student", "student"],
+  ["preprocessing", "preprocessing"],
   ["notes", "notes"],
 ];
 

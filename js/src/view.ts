@@ -1,7 +1,7 @@
 // What the panel's sections share: the model's traits (typed), reads derived from them, and the
 // writes the view makes back (selection, axis, budget, recipe choice).
 import type { AnyModel } from "@anywidget/types";
-import { AXES, AxisName, Row, SensRow, recommend } from "./logic";
+import { AXES, AxisName, Row, SensRow, TrainingProgress, recommend } from "./logic";
 
 export interface ExportStatus {
   id?: string;
@@ -19,6 +19,7 @@ export interface Model {
   total: number;
   done: number;
   running: string;
+  training: TrainingProgress;
   elapsed_s: number;
   durations: number[];
   rows: Row[];

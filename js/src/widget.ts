@@ -52,6 +52,7 @@ function render({ model, el }: RenderProps<Model>) {
     ["done", [header.update]],
     ["total", [header.update]],
     ["running", [header.update]],
+    ["training", [header.update]],
     ["message", [header.update]],
     ["waiting", [header.update]],
     ["result_name", [header.update]],

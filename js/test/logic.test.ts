@@ -21,6 +21,7 @@ import {
   sortRows,
   stepLine,
   withinBudget,
+  trainingText,
 } from "../src/logic";
 import { buildFigure, buildSensitivityFigure } from "../src/figure";
 
@@ -238,5 +239,27 @@ describe("layer sensitivity", () => {
     expect((bar.text as string[])[0]).toContain("rank 1 of 21");
     expect((fig.layout.yaxis as any).autorange).toBe("reversed");
     expect((fig.layout.xaxis as any).tickformat).toContain("%");
+  });
+});
+
+describe("training-based candidates", () => {
+  it("get their own marker and show their training time", () => {
+    const trained = row("t", 60, 0.85, { train_seconds: 42.5, student: "MobileNetV3-style, width 0.5" } as Partial<Row>);
+    const fig = buildFigure([...rows, trained], { axis: "size", metric: "accuracy", higherIsBetter: true, maxDrop: null, selectedId: null, recommendedId: null });
+    const cands = fig.data.find((t) => t.name === "candidates")!;
+    const ids = cands.customdata as string[];
+    const symbols = (cands.marker as { symbol: string[] }).symbol;
+    expect(symbols[ids.indexOf("t")]).toBe("diamond");
+    expect(symbols[ids.indexOf("a")]).toBe("circle");
+    const text = hoverText(trained, "accuracy");
+    expect(text).toContain("training: 43 s");
+    expect(text).toContain("student: MobileNetV3-style, width 0.5");
+    expect(describeRow(trained, "accuracy").map(([c]) => c)).toContain("train_seconds");
+  });
+  it("describe training progress in one line", () => {
+    expect(trainingText({ phase: "qat", epoch: 2, epochs: 5, loss: 0.31234, seconds: 12 })).toBe("qat epoch 2/5, loss 0.312, 12 s");
+    expect(trainingText({ epoch: 1, epochs: 3, loss: 1.5, holdout_loss: 1.25 })).toBe("training epoch 1/3, loss 1.5, held-out 1.25");
+    expect(trainingText({})).toBe("");
+    expect(trainingText(null)).toBe("");
   });
 });

@@ -1,7 +1,7 @@
 // Header: title, status line, progress bar, Stop button and the message line. Sets data-status,
 // data-done and data-total on the panel. While a sweep runs, a 1 s clock advances the elapsed time.
 import { h } from "../dom";
-import { estimateRemaining, formatDuration } from "../logic";
+import { estimateRemaining, formatDuration, trainingText } from "../logic";
 import type { Section, View } from "../view";
 
 export interface HeaderSection extends Section {
@@ -34,6 +34,8 @@ export function headerSection(v: View): HeaderSection {
     if (st === "idle") parts.push(m.get("mode") === "setup" ? "choose recipes and backends, then Run" : "starting…");
     else parts.push(`${done}/${total} done`);
     if (active && m.get("running")) parts.push(`running ${m.get("running")}`);
+    const training = m.get("training");
+    if (active && training && training.name === m.get("running")) parts.push(trainingText(training));
     if (st !== "idle") parts.push(`elapsed ${formatDuration(elapsed)}`);
     if (active) {
       const eta = estimateRemaining({ total, done, durations: m.get("durations") ?? [], runningFor: m.get("running") ? runningFor : 0 });

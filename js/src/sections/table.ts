@@ -14,6 +14,7 @@ const TABLE_COLUMNS: [string, string][] = [
   ["size_ratio", "size ratio"],
   ["latency_ms", "latency"],
   ["peak_memory_mb", "memory"],
+  ["train_seconds", "training"],
   ["notes", "notes"],
 ];
 
