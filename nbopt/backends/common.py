@@ -71,3 +71,13 @@ def hash_exported_program(program: Any, tag: str) -> str:
     constant, so that editing ``forward()`` or any weight changes the hash."""
     tensors = {**dict(program.state_dict), **{f"const:{k}": v for k, v in program.constants.items()}}
     return hash_arrays(_tensor_arrays(tensors), extra=f"{tag}:{program.graph_module.code}|" + ",".join(sorted(tensors)))
+
+
+def cache_off(model: Any) -> str:
+    """Turn off a transformers model's key/value cache on nbopt's own copy (a cache object in the outputs
+    cannot be exported, and one forward pass over the whole sequence needs none); '' or the note saying so."""
+    config = getattr(model, "config", None)
+    if getattr(config, "use_cache", False):
+        config.use_cache = False
+        return "key/value cache turned off (use_cache=False): one forward pass over the whole sequence"
+    return ""

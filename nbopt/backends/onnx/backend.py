@@ -23,7 +23,7 @@ from ...errors import CandidateError, NboptError, one_line
 from ...quiet import quiet
 from ...recipes import Recipe
 from ..base import Artifact, Backend, Context
-from ..common import hash_files, versions
+from ..common import cache_off, hash_files, versions
 from .convert import export_torch, load_user_file, model_files, new_tempdir, save_user_proto
 from .graph import normalize, weight_nodes_meta
 from .quant import CALIBRATION_METHODS, QUANT_TYPES, make_reader, node_aliases, ort_call
@@ -103,9 +103,12 @@ class OnnxBackend(Backend):
                 raise NboptError("Exporting a torch model to ONNX needs example inputs: pass eval=... (or "
                                  "calib=...) data with the model's inputs.")
             ex = example.example(2 if getattr(example, "num_examples", 2) >= 2 else 1)
-            path, note = export_torch(model, ex, bool(example.single_input), workdir)
+            module = _torch_copy(model)  # nbopt's own copy: the cache is turned off there, never on the user's
+            cache_note = cache_off(module) if module is not None else ""
+            path, note = export_torch(module if module is not None else model, ex, bool(example.single_input),
+                                      workdir)
+            note = ", ".join(filter(None, [note, cache_note]))
             source = "torch"
-            module = _torch_copy(model)
         else:
             raise NboptError(f"The ONNX backend takes a torch.nn.Module, an onnx.ModelProto or a path to an "
                              f".onnx file, not a {type(model).__name__}.")

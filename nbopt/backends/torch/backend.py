@@ -19,7 +19,7 @@ from ...errors import CandidateError, NboptError, library_failure, one_line
 from ...quiet import quiet
 from ...recipes import Recipe
 from ..base import Artifact, Backend, Context
-from ..common import hash_exported_program, versions
+from ..common import cache_off, hash_exported_program, versions
 from .convert import build_artifact, export_static
 from .runner import Positional, first_output, import_torch, import_torchao, load, to_tensors
 
@@ -33,6 +33,7 @@ class TorchPrepared:
     single_input: bool
     example: dict[str, np.ndarray]  # one example, batched (batch of 1)
     module: Any = field(default=None, repr=False)  # positional view of ``model`` (multi-input models)
+    note: str = ""  # what nbopt changed on its copy to export it (a transformers cache turned off)
 
     @property
     def args(self) -> tuple:
@@ -62,6 +63,7 @@ class TorchBackend(Backend):
             raise NboptError(f"nbopt could not copy the model ({one_line(exc)}); it must be "
                              "deep-copyable so that the original stays untouched.") from exc
         model = model.cpu().eval()
+        note = cache_off(model)
         inputs = data.example(1)
         names = list(data.input_names)
         ordered = {k: inputs[k] for k in names}
@@ -73,7 +75,7 @@ class TorchBackend(Backend):
             raise NboptError(str(exc)) from exc
         except Exception as exc:  # noqa: BLE001
             raise NboptError(_mismatch(model, ordered, data.single_input, exc)) from exc
-        return TorchPrepared(model, names, data.single_input, ordered, module)
+        return TorchPrepared(model, names, data.single_input, ordered, module, note)
 
     def fingerprint(self, prepared: TorchPrepared) -> str:
         with quiet():
@@ -91,7 +93,8 @@ class TorchBackend(Backend):
 
     # -- artifacts -----------------------------------------------------------------------------------
     def baseline(self, prepared: TorchPrepared, ctx: Context) -> Artifact:
-        return build(prepared.module, prepared, ctx, notes=["fp32"], info={"quantized": "none (fp32)"})
+        return build(prepared.module, prepared, ctx, notes=["fp32", *filter(None, [prepared.note])],
+                     info={"quantized": "none (fp32)"})
 
     def load(self, artifact: Artifact):
         return load(artifact)
