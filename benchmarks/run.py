@@ -2,6 +2,8 @@
 
     python benchmarks/run.py            # core + torch backend
     python benchmarks/run.py --all      # also the ONNX and TFLite backends (bench_onnx.py, bench_tflite.py)
+    python benchmarks/run.py --training # the training-based recipes (bench_qat, bench_distill,
+                                        # bench_resolution, bench_keras_training; about 15 minutes)
 
 1. Per torch recipe: nbopt's handler time against the same libraries called directly (overhead ratio).
 2. The default sweep on the demo model (fresh store) against an identical re-run (served from the store).
@@ -107,10 +109,18 @@ def pruning_latency() -> None:
            for _, r in df.iterrows()])
 
 
+TRAINING = ("bench_qat.py", "bench_distill.py", "bench_resolution.py", "bench_keras_training.py")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--all", action="store_true", help="also run the ONNX and TFLite benchmarks")
+    parser.add_argument("--training", action="store_true", help="only the training-based recipes' benchmarks")
     args = parser.parse_args()
+    if args.training:
+        for script in TRAINING:
+            subprocess.run([sys.executable, str(HERE / script)], check=False)
+        return
     from nbopt.demo import digits_arrays, train_digits_cnn
 
     data = digits_arrays()

@@ -30,6 +30,20 @@ class Candidate:
 
         return export_candidate(self, Path(path), overwrite=overwrite)
 
+    def runner(self):
+        """The artifact loaded in its own runtime: an nbopt Runner, ``runner({"input": batch}) -> outputs``
+        (numpy), e.g. for ``nbopt.tiling.run_tiled``. It takes inputs as the row's ``input_shape`` and
+        ``preprocessing`` say (``resolution`` candidates: the resized images)."""
+        from .backends import get_backend
+        from .backends.base import Artifact
+
+        row = self.row
+        if row["status"] != OK or not row.get("artifact_path"):
+            raise NboptError(f"Candidate '{row['name']}' has no artifact to run (status {row['status']}: "
+                             f"{row['error']}).")
+        files = row.get("artifact_files") or [row["artifact_path"]]
+        return get_backend(row["backend"]).load(Artifact(row["artifact_path"], row["format"], files=files))
+
 
 class StudyResults:
     """Reading a study's rows. Needs ``candidates``, ``metric``, ``objectives``, ``max_accuracy_drop`` and

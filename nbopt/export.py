@@ -170,6 +170,10 @@ def model_card(candidate, path: Path) -> dict:
         "recipe": row["recipe"],
         "params": row["params"],
         "notes": row.get("notes"),
+        # what the app must do to an input before this file takes it (resolution: the resize), and the input
+        # shape when it differs from the model's; None: the inputs the model itself was given
+        "preprocessing": row.get("preprocessing"),
+        "input_shape": row.get("input_shape"),
         "metric": study.metric.name,
         "metrics": metrics,
         "data": {"eval_fingerprint": study.eval_data.fingerprint,

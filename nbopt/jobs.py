@@ -210,8 +210,10 @@ def _describe(row: dict, job: CandidateJob, backend, artifact) -> None:
 
 def _measure(row: dict, job: CandidateJob, backend, artifact) -> None:
     from .evaluator import measure
+    from .resize import eval_for
 
-    data = artifact.eval_data if artifact.eval_data is not None else job.eval  # resized for resolution
+    # the eval data as the artifact takes it: resized images for ``resolution`` (nbopt.resize)
+    data = artifact.eval_data if artifact.eval_data is not None else eval_for(artifact.info, job.eval)
     m = measure(backend, artifact, data, job.latency, job.measure_memory)
     bad = int(np.size(m.outputs) - np.isfinite(m.outputs).sum()) if np.issubdtype(m.outputs.dtype, np.floating) else 0
     if bad:

@@ -5,7 +5,7 @@ import copy
 
 from ...errors import CandidateError
 from ...quiet import quiet
-from .runner import first_output, import_torch, to_tensors
+from .runner import first_output, import_torch
 
 
 def prunable_layers(model):

@@ -151,16 +151,32 @@ def xnnpack_quantizer(per_channel: bool, calibration: str):
 def pt2e_static(model, example: tuple, calib, input_names: list[str], per_channel: bool, calibration: str,
                 max_examples: int = 1024):
     """Prepare (observers), calibrate on ``calib`` batches, convert; returns (module, stats)."""
-    torch = import_torch()
     with quiet():
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    program = export_dynamic_batch(model, example)
-    batch = None if program is not None else len(example[0])
-    if program is None:
-        program = export_static(model, example)
+    program, batch = export_for_pt2e(model, example)
     with quiet():
         prepared = prepare_pt2e(program.module(), xnnpack_quantizer(per_channel, calibration))
+    seen = calibrate(prepared, calib, input_names, batch, max_examples)
+    with quiet():
+        converted = convert_pt2e(prepared)
+    return converted, {"calibrated_on": seen, "quantized": pt2e_counts(converted)}
+
+
+def export_for_pt2e(model, example: tuple):
+    """(program, None) exported with a symbolic batch, else (program, its static batch size): what PT2E
+    prepares (shared by int8-static and qat)."""
+    program = export_dynamic_batch(model, example)
+    if program is not None:
+        return program, None
+    return export_static(model, example), len(example[0])
+
+
+def calibrate(prepared, calib, input_names: list[str], batch: int | None, max_examples: int = 1024) -> int:
+    """Run up to ``max_examples`` of ``calib`` through a PT2E-prepared module (its observers or fake
+    quantizers record the activation ranges); returns how many examples it saw. ``batch``: the static batch
+    of a program that pins it (fed one example at a time), None for a symbolic batch."""
+    torch = import_torch()
     seen = 0
     with torch.no_grad(), quiet():
         for inputs, _ in calib.batches(64):
@@ -176,6 +192,4 @@ def pt2e_static(model, example: tuple, calib, input_names: list[str], per_channe
                 break
     if seen == 0:
         raise CandidateError("The calibration data yielded no examples.")
-    with quiet():
-        converted = convert_pt2e(prepared)
-    return converted, {"calibrated_on": seen, "quantized": pt2e_counts(converted)}
+    return seen

@@ -50,7 +50,7 @@ def fit(model, data, input_names: list[str], loss_fn: LossFn, settings: TrainSet
         for epoch in range(1, settings.epochs + 1):
             train_mode(model)
             total, count = 0.0, 0
-            for b, (x, y) in enumerate(batches(fit_data), 1):
+            for b, (x, y) in enumerate(batches(shuffled(fit_data, settings.seed + epoch)), 1):
                 if ctx.should_stop():
                     raise TrainingStopped(f"Stopped by the user during {what} (epoch {epoch}/{settings.epochs}, "
                                           f"batch {b}).")
@@ -94,6 +94,16 @@ def fit(model, data, input_names: list[str], loss_fn: LossFn, settings: TrainSet
         model.load_state_dict(best)
     report.seconds = clock.seconds
     return report
+
+
+def shuffled(data, seed: int):
+    """The data in a new seeded order (each epoch its own): a fixed order, or a dataset sorted by class such
+    as an image folder, trains worse. A stream is read as it comes."""
+    from ...data import Data
+
+    if data.streaming:
+        return data
+    return Data(data.ds.shuffle(seed=seed), data.input_names, data.label_name, data.fingerprint)
 
 
 def _mean_loss(model, loss_fn: LossFn, batches) -> float:
