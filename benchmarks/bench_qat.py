@@ -28,31 +28,11 @@ warnings.filterwarnings("ignore")
 
 import numpy as np  # noqa: E402
 
+from nbopt.demo import outlier_mlp  # noqa: E402
+
 SCALE = 400.0
 EPOCHS, LR = 3, 3e-3
 QAT = {"epochs": EPOCHS, "lr": LR}
-
-
-def outlier_mlp(data, scale: float = SCALE, seed: int = 0):
-    """The digits MLP with one hidden channel scaled up ``scale`` times (tests/test_qat.py builds the same)."""
-    import torch
-
-    xtr, ytr, _, _ = data
-    torch.manual_seed(seed)
-    m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
-    opt = torch.optim.Adam(m.parameters(), 3e-3)
-    x, y = torch.from_numpy(xtr), torch.from_numpy(ytr)
-    for _ in range(30):
-        for idx in torch.randperm(len(x)).split(64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(m(x[idx]), y[idx]).backward()
-            opt.step()
-    with torch.no_grad():
-        k = int(torch.relu(m[1](m[0](x))).mean(0).argmax())
-        m[1].weight[k] *= scale
-        m[1].bias[k] *= scale
-        m[3].weight[:, k] /= scale
-    return m.eval(), k
 
 
 def outlier_ratio(model, k: int, x) -> float:
@@ -156,7 +136,7 @@ def main() -> None:
 
     start = time.perf_counter()
     data = digits_arrays(seed=0)
-    model, k = outlier_mlp(data)
+    model, k = outlier_mlp(data, SCALE)
     cpu = cpu_features()
     print(f"CPU: {cpu.get('model', '?')} ({os.cpu_count()} cores; int8 dot product: {cpu.get('int8_dot')})")
     print(f"model: digits MLP 64-64-10, hidden channel {k} scaled x{SCALE:g}: its largest activation is "

@@ -68,6 +68,31 @@ def train_digits_cnn(epochs: int = 8, seed: int = 0, width: int = 32, hidden: in
     return model.eval()
 
 
+def outlier_mlp(data=None, scale: float = 400.0, seed: int = 0):
+    """(model, k): a digits MLP (Flatten-Linear-ReLU-Linear) whose hidden channel ``k`` is scaled up ``scale``
+    times and scaled back down in the next layer. ReLU(s*z) = s*ReLU(z), so the fp32 function is unchanged,
+    but that one channel's activations dwarf the others: the case where post-training int8 hurts (one
+    activation scale for the whole tensor) and quantization-aware training helps."""
+    import torch
+
+    xtr, ytr, _, _ = data if data is not None else digits_arrays(seed)
+    torch.manual_seed(seed)
+    m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    opt = torch.optim.Adam(m.parameters(), 3e-3)
+    x, y = torch.from_numpy(xtr), torch.from_numpy(ytr)
+    for _ in range(30):
+        for idx in torch.randperm(len(x)).split(64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(x[idx]), y[idx]).backward()
+            opt.step()
+    with torch.no_grad():
+        k = int(torch.relu(m[1](m[0](x))).mean(0).argmax())
+        m[1].weight[k] *= scale
+        m[1].bias[k] *= scale
+        m[3].weight[:, k] /= scale
+    return m.eval(), k
+
+
 def token_batch(n: int, seed: int = 0, vocab: int = 200, length: int = 16, min_length: int = 6) -> dict:
     """Random padded token ids with their attention mask: the two named inputs of a text encoder."""
     rng = np.random.default_rng(seed)

@@ -12,32 +12,14 @@ pytestmark = pytest.mark.slow
 
 torch = pytest.importorskip("torch")
 
+from nbopt.demo import outlier_mlp  # noqa: E402
+
 QAT = {"epochs": 2, "lr": 3e-3, "max_train_seconds": 30}
-
-
-def outlier_mlp(digits, scale: float = 400.0, seed: int = 0):
-    """A trained Flatten-Linear-ReLU-Linear digits classifier with one outlier hidden channel."""
-    xtr, ytr, _, _ = digits
-    torch.manual_seed(seed)
-    m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
-    opt = torch.optim.Adam(m.parameters(), 3e-3)
-    x, y = torch.from_numpy(xtr), torch.from_numpy(ytr)
-    for _ in range(30):
-        for idx in torch.randperm(len(x)).split(64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(m(x[idx]), y[idx]).backward()
-            opt.step()
-    with torch.no_grad():  # ReLU(s*z) = s*ReLU(z): the fp32 function is unchanged
-        k = int(torch.relu(m[1](m[0](x))).mean(0).argmax())
-        m[1].weight[k] *= scale
-        m[1].bias[k] *= scale
-        m[3].weight[:, k] /= scale
-    return m.eval()
 
 
 @pytest.fixture(scope="module")
 def outlier(digits):
-    return outlier_mlp(digits)
+    return outlier_mlp(digits)[0]
 
 
 @pytest.fixture(scope="module")
