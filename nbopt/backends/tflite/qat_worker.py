@@ -290,7 +290,7 @@ def run(job: dict) -> dict:
     import tf_keras as keras2
 
     from ...quiet import quiet
-    from . import train
+    from .train import fit, input_order, objective
 
     with quiet():
         import tensorflow_model_optimization as tfmot
@@ -310,8 +310,8 @@ def run(job: dict) -> dict:
                              f"{one_line(exc, 300, with_type=False).rstrip('.')}{hint}.") from exc
     data = _data(job["train"])
     settings = TrainSettings(**job["settings"])
-    loss, target, how = train.objective(floats, data, train.input_order(floats, data.input_names))
-    report = train.fit(model, data, loss, settings, ctx, keras=keras2, what="qat", target=target)
+    loss, target, how = objective(floats, data, input_order(floats, data.input_names))
+    report = fit(model, data, loss, settings, ctx, keras=keras2, what="qat", target=target)
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     from .convert import convert

@@ -25,7 +25,7 @@ from ...errors import SkipCandidate, library_failure
 from ...quiet import quiet
 from ...training import TrainSettings
 from ..base import Artifact, Context
-from . import students
+from .students import mobilenet, shallow
 from .backend import TorchBackend, TorchPrepared, build
 from .prune import count_params, structured
 from .runner import first_output, import_torch, to_tensors
@@ -84,13 +84,13 @@ def make_student(teacher, example: dict[str, np.ndarray], out, params: dict, see
         return student, (f"structured-pruned copy of the model, width {width:g} ({amount:.0%} of the channels "
                          f"removed by Torch-Pruning), {count_params(student):,} parameters"), []
     if kind == "mobilenet":
-        student, plan = students.mobilenet(example, out, width, seed)
+        student, plan = mobilenet(example, out, width, seed)
         strides = plan.strides()
         return student, plan.describe(count_params(student)), [
             f"MobileNetV3-Small blocks for {plan.channels}x{plan.size[0]}x{plan.size[1]} inputs and {plan.classes} "
             f"classes ({strides.count(2)} stride-2 layers of 6), trained from scratch"]
     if kind == "shallow":
-        student, keep, total, name = students.shallow(teacher, width)
+        student, keep, total, name = shallow(teacher, width)
         if len(keep) == total:
             raise SkipCandidate(f"student='shallow' with width={width:g} keeps all {total} layers of this "
                                 "encoder: use a smaller width.")
