@@ -113,6 +113,19 @@ def _ptq_direct(model, calib, path: Path) -> Path:
     return path
 
 
+def _finetuned_copy(model, xtr, ytr, epochs: int, lr: float):
+    """(a copy of ``model`` fine-tuned with plain Keras fit, seconds): the peer a training recipe is held to."""
+    import keras
+
+    tuned = keras.models.clone_model(model)
+    tuned.set_weights(model.get_weights())
+    keras.utils.set_random_seed(0)
+    tuned.compile(keras.optimizers.Adam(lr), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    t = time.perf_counter()
+    tuned.fit(xtr, ytr, epochs=epochs, batch_size=32, verbose=0)
+    return tuned, time.perf_counter() - t
+
+
 def _fp32_direct(model, path: Path) -> Path:
     import tensorflow as tf
 
@@ -197,13 +210,7 @@ def table_qat(xtr, ytr, xval, yval, store: Path, epochs: int) -> None:
                     rows.loc["int8-static", "build_seconds"])]
         direct = _measure(_ptq_direct(model, calib, store / "ptq.tflite"), xval, yval)
         out.append(_row("PTQ, TFLite converter direct", direct, base))
-        tuned = keras.models.clone_model(model)
-        tuned.set_weights(model.get_weights())
-        keras.utils.set_random_seed(0)
-        tuned.compile(keras.optimizers.Adam(1e-4), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        t = time.perf_counter()
-        tuned.fit(xtr, ytr, epochs=epochs, batch_size=32, verbose=0)
-        ft = time.perf_counter() - t
+        tuned, ft = _finetuned_copy(model, xtr, ytr, epochs, 1e-4)
         out.append(_row(f"fp32 fine-tuned {epochs} ep (direct)", _measure(_fp32_direct(tuned, store / "ft.tflite"),
                                                                             xval, yval), base, ft))
         out.append(_row(f"fine-tuned {epochs} ep + PTQ (direct)",
@@ -270,14 +277,9 @@ def table_resolution(xtr, ytr, xval, yval, store: Path, epochs: int) -> None:
     base = _nbopt(res.set_index("recipe").loc["baseline"], xval, yval)
     out = [_row("32x32 baseline (fp32)", base, base)]
     # peer: the baseline fine-tuned at full size for the same epochs (what the extra training alone gives)
-    tuned = keras.models.clone_model(model)
-    tuned.set_weights(model.get_weights())
-    keras.utils.set_random_seed(0)
-    tuned.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    t = time.perf_counter()
-    tuned.fit(xtr, ytr, epochs=epochs, batch_size=32, verbose=0)
+    tuned, ft = _finetuned_copy(model, xtr, ytr, epochs, 1e-3)
     out.append(_row(f"32x32 fine-tuned {epochs} ep (direct)", _measure(_fp32_direct(tuned, store / "res_ft.tflite"),
-                                                                      xval, yval), base, time.perf_counter() - t))
+                                                                      xval, yval), base, ft))
     for _, r in res[res["recipe"] == "resolution"].iterrows():
         if r["status"] != "ok":
             print(f"{r['name']} {r['status']}: {r['error']}")
