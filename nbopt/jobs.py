@@ -58,6 +58,7 @@ class CandidateJob:
     log: Path
     extra: dict = field(default_factory=dict)
     train: Any = None  # nbopt.data.Data (train=) for training recipes, else None
+    metric: str | None = None  # the study's metric by name (built-in metrics only), for mixed-precision
     stop_flag: Path | None = None  # the study creates it on Stop; a training engine looks between batches
 
 
@@ -185,7 +186,7 @@ def _artifact(job: CandidateJob, backend):
     prepared = prepared_for(job, backend)
     job.workdir.mkdir(parents=True, exist_ok=True)
     ctx = Context(workdir=job.workdir, calib=job.calib, seed=job.seed, train=job.train,
-                  progress=job.workdir / PROGRESS_FILE, stop_flag=job.stop_flag)
+                  progress=job.workdir / PROGRESS_FILE, stop_flag=job.stop_flag, metric=job.metric)
     if job.recipe.name == BASELINE:
         return backend.baseline(prepared, ctx)
     return backend.apply(prepared, job.recipe, ctx)

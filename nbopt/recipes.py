@@ -68,6 +68,17 @@ def _training(epochs: int, lr: float, low_epochs: int = 1) -> dict[str, Param]:
 
 _PER_CHANNEL = Param(True, choices=(True, False), help="one weight scale per output channel (False: one per tensor)")
 _GROUPS = (16, 32, 64, 128, 256)
+# mixed-precision: the same parameters on every backend (per-layer sensitivity on calibration data only)
+_MIXED = {
+    "mode": Param("dynamic", choices=("dynamic", "static"),
+                  help="int8 activations quantized at run time (dynamic) or calibrated (static)"),
+    "keep_float": Param("auto", help="'auto' (searched on calibration data) or how many of the most sensitive "
+                                     "layers stay float"),
+    "per_channel": Param("auto", choices=("auto", True, False),
+                         help="one weight scale per output channel; 'auto' tries both"),
+    "max_size_growth": Param(0.1, low=0.0, high=10.0,
+                             help="'auto' keeps float weights up to this fraction of the fully quantized size"),
+}
 
 RECIPES: dict[str, RecipeDef] = {
     "fp16": RecipeDef("float16 weights (and compute where the runtime has fp16 kernels)"),
@@ -93,7 +104,7 @@ RECIPES: dict[str, RecipeDef] = {
          "activations": Param("float", choices=("float", "int8"),
                               help="float: weight-only; int8: activations quantized on the fly (int8 kernels)")}),
     "mixed-precision": RecipeDef(
-        "int8 with the layers most sensitive to quantization kept in float", needs_calib=True),
+        "int8 with the layers most sensitive to quantization kept in float", _MIXED, needs_calib=True),
     "prune-unstructured": RecipeDef(
         "the smallest weights set to zero (size shrinks only compressed; no speed gain on dense kernels)",
         {"amount": Param(0.5, low=0.01, high=0.99, help="fraction of weights set to zero")},

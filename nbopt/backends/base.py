@@ -68,6 +68,7 @@ class Context:
     train: Any = None  # nbopt.data.Data or None (train=...)
     progress: Path | None = None  # JSON lines the study tails (nbopt.training.report)
     stop_flag: Path | None = None  # exists once the user pressed Stop
+    metric: str | None = None  # the study's metric name (None: a custom callable); mixed-precision scores by it
 
     def report(self, **payload: Any) -> None:
         from ..training import report
