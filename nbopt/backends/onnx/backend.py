@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 
 import contextlib
+import io
 import os
 import shutil
 import uuid
@@ -26,6 +27,7 @@ from ..base import Artifact, Backend, Context
 from ..common import cache_off, hash_files, versions
 from .convert import export_torch, load_user_file, model_files, new_tempdir, save_user_proto
 from .graph import normalize, weight_nodes_meta
+from .preprocess import decide, load_decision, save_decision
 from .quant import CALIBRATION_METHODS, QUANT_TYPES, make_reader, node_aliases, ort_call
 from .runner import GraphInput, OrtRunner, graph_inputs, map_feeds, rebatch, static_batch
 from .sensitivity import sensitivity_table, weight_nodes
@@ -41,6 +43,7 @@ class OnnxPrepared:
     source: str  # "torch", "file", "proto"
     note: str  # exporter / source note, repeated on the baseline row
     _pre: tuple[Path, str] | None = None  # quant_pre_process output and its note
+    _raw: Path | None = None  # the graph before quant_pre_process (normalized), for quant_source
     _cache: dict = field(default_factory=dict)  # sensitivity tables, reference outputs, calib ranges
     # the torch module the graph was exported from (a copy, eval mode): training recipes (qat, distill,
     # resolution) train it in torch and export the result; None for an .onnx file or ModelProto
@@ -208,7 +211,28 @@ class OnnxBackend(Backend):
                 out = src
                 note = f"quantized without quant_pre_process (it failed: {reasons[0]})"
             prepared._pre = (out, f"{how}; {note}" if how else note)
+            prepared._raw = src
         return prepared._pre
+
+    def quant_source(self, prepared: OnnxPrepared, calib) -> tuple[Path, str]:
+        """The graph every recipe quantizes, and its note: quant_pre_process's output where it helps this
+        model (``preprocess.decide``, once per model and calibration set, shared by worker processes
+        through a file), else the model as exported."""
+        pre, note = self.preprocessed(prepared)
+        raw = prepared._raw
+        if raw is None or pre == raw:
+            return pre, note
+        path = prepared.dir / f"pre_decision_{getattr(calib, 'fingerprint', 'nocalib')}.json"
+        decision = load_decision(path)
+        if decision is None:
+            feeds = self.calib_feeds(prepared, calib, limit=SENS_EXAMPLES) if calib is not None else None
+            with quiet():
+                decision = decide(raw, pre, prepared.dir / f"pre_check_{os.getpid()}",
+                                  lambda s, d: self.quantize_dynamic(s, d, per_channel=True),
+                                  (lambda p: self.outputs(p, feeds)) if feeds else None)
+            save_decision(path, *decision)
+        keep, why = decision
+        return (pre, f"{note} ({why})") if keep else (raw, why)
 
     def calib_feeds(self, prepared: OnnxPrepared, calib, limit: int | None = None,
                     batch_size: int = 16) -> list[dict[str, np.ndarray]]:
@@ -243,7 +267,7 @@ class OnnxBackend(Backend):
         key = ("ref", getattr(calib, "fingerprint", id(calib)))
         if key not in prepared._cache:
             feeds = self.calib_feeds(prepared, calib, limit=SENS_EXAMPLES)
-            prepared._cache[key] = (feeds, self.outputs(self.preprocessed(prepared)[0], feeds))
+            prepared._cache[key] = (feeds, self.outputs(self.quant_source(prepared, calib)[0], feeds))
         return prepared._cache[key]
 
     def quantize_dynamic(self, src: Path, dst: Path, per_channel=False, reduce_range=False, weight_type="int8",
@@ -267,7 +291,8 @@ class OnnxBackend(Backend):
         reader = None
         if not cache.exists():
             reader = make_reader(self.calib_feeds(prepared, calib))
-        kinds = ["Conv", "MatMul", "Gemm", "ConvTranspose"] if op_types == "weights" else None
+        # Gather: embedding tables, a third of a small transformer's bytes (QDQ keeps them int8 on disk)
+        kinds = ["Conv", "MatMul", "Gemm", "ConvTranspose", "Gather"] if op_types == "weights" else None
         extra = {"MatMulConstBOnly": op_types == "weights"}
         if calibration == "percentile":
             extra["CalibPercentile"] = 99.99
@@ -281,49 +306,61 @@ class OnnxBackend(Backend):
 
     # -- sensitivity ----------------------------------------------------------------------------------
     def sensitivity_cost(self, prepared: OnnxPrepared, calib, mode: str = "dynamic") -> tuple[bool, int]:
-        """(already cached, how many nodes ``sensitivity`` quantizes one at a time: its cost is about one
-        quantization and one calibration run per node)."""
+        """(already measured, how many nodes ``sensitivity`` ranks: one float pass over calibration data,
+        then milliseconds per node)."""
         import onnx
 
         src, _ = self.preprocessed(prepared)
         n = len(weight_nodes(onnx.load(str(src), load_external_data=False)))
-        return _sens_key(mode, calib) in prepared._cache, n
+        return self._cached_sensitivity(prepared, calib, mode) is not None, n
 
     def sensitivity(self, prepared: OnnxPrepared, calib, mode: str = "dynamic"):
         """Per-node sensitivity as a DataFrame (node, op_type, params, rel_error, cosine, max_abs_diff,
-        rank, error): how far the first output moves (vs fp32, on up to 64 calibration examples) when
-        only that node is quantized. rank 1 = most sensitive. Cached on ``prepared``."""
+        rank, error): how far each node's own output moves (vs fp32, on up to 32 calibration examples)
+        when only it is quantized to int8 (``sensitivity.py``). rank 1 = most sensitive. Cached on
+        ``prepared`` and in its folder, which the worker processes of a sweep share."""
         import onnx
 
         if calib is None:
             raise NboptError("Sensitivity analysis needs calibration data: pass calib=....")
         if mode not in ("dynamic", "static"):
             raise NboptError(f"Sensitivity mode is {mode!r}; allowed: 'dynamic', 'static'.")
-        key = _sens_key(mode, calib)
-        if key in prepared._cache:
-            return prepared._cache[key].copy()
-        src, _ = self.preprocessed(prepared)
-        feeds, ref = self.reference_outputs(prepared, calib)
-        proto = onnx.load(str(src), load_external_data=False)
-        nodes = weight_nodes(proto)
-        if mode == "static":
-            nodes = [n for n in nodes if n["op_type"] != "Gather"]
-        work = prepared.dir / f"sens_{mode}"
-        work.mkdir(exist_ok=True)
-        if mode == "dynamic":
-            def one(node, path):
-                self.quantize_dynamic(src, path, only=[node])
-        else:
-            def one(node, path):
-                self.quantize_static(prepared, src, path, calib, only=[node])
-        with quiet():
-            df = sensitivity_table(nodes, one, lambda p: self.outputs(p, feeds), ref, work)
-        prepared._cache[key] = df
+        df = self._cached_sensitivity(prepared, calib, mode)
+        if df is None:
+            src, _ = self.quant_source(prepared, calib)
+            feeds, _ = self.reference_outputs(prepared, calib)
+            with quiet():
+                df = sensitivity_table(onnx.load(str(src)), feeds, mode)
+            prepared._cache[_sens_key(mode, calib)] = df
+            _write_atomic(_sens_file(prepared, mode, calib), df.to_json(orient="records"))
         return df.copy()
+
+    @staticmethod
+    def _cached_sensitivity(prepared: OnnxPrepared, calib, mode: str):
+        import pandas as pd
+
+        key = _sens_key(mode, calib)
+        if key not in prepared._cache:
+            path = _sens_file(prepared, mode, calib)
+            if not path.exists():
+                return None
+            prepared._cache[key] = pd.read_json(io.StringIO(path.read_text()), orient="records")
+        return prepared._cache[key]
 
 
 def _sens_key(mode: str, calib) -> tuple:
     return ("sens", mode, getattr(calib, "fingerprint", id(calib)))
+
+
+def _sens_file(prepared: OnnxPrepared, mode: str, calib) -> Path:
+    return prepared.dir / f"sensitivity_{mode}_{getattr(calib, 'fingerprint', os.getpid())}.json"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write beside, then rename: a worker reading at the same time sees the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -337,6 +374,8 @@ def private_source(src: Path, folder: Path):
             target = own / f.relative_to(src.parent)
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
+                if f != src:  # onnx refuses external data with several hard links ("hardlink attack")
+                    raise OSError
                 os.link(f, target)  # same filesystem (the store): instant, no copy
             except OSError:
                 shutil.copyfile(f, target)
