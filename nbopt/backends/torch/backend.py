@@ -18,6 +18,7 @@ import numpy as np
 from ...errors import CandidateError, NboptError, library_failure, one_line
 from ...quiet import quiet
 from ...recipes import Recipe
+from ...store import scratch_dir
 from ..base import Artifact, Backend, Context
 from ..common import cache_off, hash_exported_program, versions
 from .convert import build_artifact, export_static
@@ -34,6 +35,15 @@ class TorchPrepared:
     example: dict[str, np.ndarray]  # one example, batched (batch of 1)
     module: Any = field(default=None, repr=False)  # positional view of ``model`` (multi-input models)
     note: str = ""  # what nbopt changed on its copy to export it (a transformers cache turned off)
+    dir: Path | None = None  # private scratch folder (under the study's store): the on-disk sensitivity cache
+    # sensitivity tables and the mixed-precision session (export, observer bank); see ``mixed``
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def __getstate__(self) -> dict:
+        """Pickled for the workers without the session (graph modules); sensitivity tables travel."""
+        state = dict(self.__dict__)
+        state["_cache"] = {k: v for k, v in state.get("_cache", {}).items() if k[0] == "sens"}
+        return state
 
     @property
     def args(self) -> tuple:
@@ -42,6 +52,7 @@ class TorchPrepared:
 
 class TorchBackend(Backend):
     name = "torch"
+    supports_sensitivity = True
 
     @classmethod
     def accepts(cls, model: Any) -> bool:
@@ -75,7 +86,7 @@ class TorchBackend(Backend):
             raise NboptError(str(exc)) from exc
         except Exception as exc:  # noqa: BLE001
             raise NboptError(_mismatch(model, ordered, data.single_input, exc)) from exc
-        return TorchPrepared(model, names, data.single_input, ordered, module, note)
+        return TorchPrepared(model, names, data.single_input, ordered, module, note, dir=scratch_dir("torch"))
 
     def fingerprint(self, prepared: TorchPrepared) -> str:
         with quiet():
@@ -117,6 +128,29 @@ class TorchBackend(Backend):
 
     def versions(self) -> dict[str, str]:
         return versions("torch", "torchao", "executorch", "torch-pruning")
+
+    # -- sensitivity ----------------------------------------------------------------------------------
+    def sensitivity(self, prepared: TorchPrepared, calib, mode: str = "dynamic"):
+        """Per-layer sensitivity as a DataFrame (node, op_type, params, rel_error, cosine, max_abs_diff,
+        rank, error): how far the output moves (vs fp32, on up to 64 calibration examples) when only that
+        Linear/Conv module is quantized int8 by XNNPACKQuantizer (per-channel weights; ``mode`` 'static':
+        histogram-calibrated activations, 'dynamic': activations quantized at run time). rank 1 = most
+        sensitive. One export and one calibration pass for all layers (see ``mixed``); cached on ``prepared``."""
+        from .mixed import sensitivity
+
+        if calib is None:
+            raise NboptError("Sensitivity analysis needs calibration data: pass calib=....")
+        if mode not in ("dynamic", "static"):
+            raise NboptError(f"Sensitivity mode is {mode!r}; allowed: 'dynamic', 'static'.")
+        return sensitivity(prepared, calib, mode)
+
+    def sensitivity_cost(self, prepared: TorchPrepared, calib, mode: str = "dynamic") -> tuple[bool, int]:
+        """(already cached, how many layers ``sensitivity`` quantizes one at a time: each costs one
+        prepare_pt2e/convert_pt2e and one run on 64 examples, after one export and one calibration pass)."""
+        from .mixed import cached
+        from .quant import quantizable_modules
+
+        return cached(prepared, calib, mode), len(quantizable_modules(prepared.module))
 
 
 def build(module, prepared: TorchPrepared, ctx: Context, *, notes: list[str], info: dict,

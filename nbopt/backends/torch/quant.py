@@ -128,24 +128,95 @@ def entropy_observer():
     return EntropyObserver
 
 
-def xnnpack_quantizer(per_channel: bool, calibration: str):
-    """XNNPACKQuantizer, symmetric int8 (weights per channel or per tensor), activations observed by
-    ``calibration`` ("minmax": MinMaxObserver, "histogram": HistogramObserver, L2-error search,
-    "entropy": KL-divergence threshold on the histogram)."""
+def xnnpack_config(per_channel: bool, calibration: str = "histogram", dynamic: bool = False):
+    """The XNNPACK quantizer's symmetric int8 config (weights per channel or per tensor). Static:
+    activations observed by ``calibration`` ("minmax": MinMaxObserver, "histogram": HistogramObserver,
+    L2-error search, "entropy": KL-divergence threshold on the histogram). Dynamic: activations quantized
+    at run time (nothing to calibrate)."""
     with quiet():
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-            XNNPACKQuantizer,
-            get_symmetric_quantization_config,
-        )
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
         from torchao.quantization.pt2e.observer import HistogramObserver, MinMaxObserver
 
-    config = get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=False)
+    config = get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=dynamic)
+    if dynamic:
+        return config
     observer = {"minmax": MinMaxObserver, "histogram": HistogramObserver}.get(calibration) or entropy_observer()
     act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=observer.with_args(eps=2 ** -12))
-    config = dataclasses.replace(config, input_activation=act, output_activation=act)
-    quantizer = XNNPACKQuantizer()
-    quantizer.set_global(config)
+    return dataclasses.replace(config, input_activation=act, output_activation=act)
+
+
+def xnnpack_quantizer(per_channel: bool, calibration: str):
+    """XNNPACKQuantizer with ``xnnpack_config`` on every op it knows."""
+    return module_quantizer(xnnpack_config(per_channel, calibration))
+
+
+def module_quantizer(config, only: list[str] | None = None, skip: list[str] = ()):
+    """XNNPACKQuantizer with ``config`` everywhere (``only=None``) or on the named submodules only; the
+    ``skip`` submodules stay float."""
+    quantizer = _ptq_quantizer_class()()
+    if only is None:
+        quantizer.set_global(config)
+    elif only:
+        # not set_module_name(name, config): its filter must accept every node of a pattern, and a
+        # Conv2d+ReLU pattern's ReLU is a sibling module, a folded batch norm's weight has no module at all
+        quantizer.set_global(config)
+        quantizer.set_filter_function(_from_modules(only))
+    for name in skip:
+        # set_module_name(name, None) asserts "not supported yet", but the annotator already treats a None
+        # entry as "skip": it annotates nothing for it and keeps the global config off that module
+        quantizer.module_name_config[name] = None
     return quantizer
+
+
+def _from_modules(names: list[str]):
+    """Node filter: the nodes of the named submodules, weights and biases (get_attr nodes: a folded batch
+    norm's weight belongs to no module), and an activation applied right on those modules' output (the
+    ReLU of a Linear/Conv+ReLU pattern)."""
+    import_torchao()
+    torch = import_torch()
+    from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
+
+    inside = [get_module_name_filter(n) for n in names]
+    fused = {torch.ops.aten.relu.default, torch.ops.aten.relu_.default, torch.ops.aten.hardtanh.default,
+             torch.ops.aten.hardtanh_.default}
+
+    def ours(node) -> bool:
+        return any(f(node) for f in inside)
+
+    def keep(node) -> bool:
+        if node.op == "get_attr" or ours(node):
+            return True
+        first = node.args[0] if node.args else None
+        return node.target in fused and hasattr(first, "op") and ours(first)
+
+    return keep
+
+
+def _ptq_quantizer_class():
+    """XNNPACKQuantizer without its conv-bn patterns. They are for QAT only (prepare_pt2e folds batch norms
+    into convolutions before annotating, so they never match in PTQ), yet each annotation pass exports
+    ~36 small pattern graphs for them: about 2 s per prepare_pt2e, the largest cost of a PTQ prepare."""
+    global _PTQ_QUANTIZER
+    if _PTQ_QUANTIZER is None:
+        with quiet():
+            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+
+        class PtqXNNPACKQuantizer(XNNPACKQuantizer):
+            SUPPORTED_PATTERNS = [p for p in XNNPACKQuantizer.SUPPORTED_PATTERNS if not p.is_qat]
+
+        _PTQ_QUANTIZER = PtqXNNPACKQuantizer
+    return _PTQ_QUANTIZER
+
+
+_PTQ_QUANTIZER = None
+
+
+def quantizable_modules(model) -> list[tuple[str, object]]:
+    """(name, module) of every Linear / Conv1d / Conv2d / ConvTranspose layer: what XNNPACKQuantizer's
+    patterns quantize, and what mixed precision can keep float one by one."""
+    torch = import_torch()
+    kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d)
+    return [(n, m) for n, m in model.named_modules() if n and isinstance(m, kinds)]
 
 
 def pt2e_static(model, example: tuple, calib, input_names: list[str], per_channel: bool, calibration: str,
