@@ -38,6 +38,8 @@ class TFLitePrepared:
     fp32: bytes = b""  # the baseline .tflite, converted once
     inputs: list[TensorSpec] = field(default_factory=list)
     dir: Path | None = None
+    # calibrated model, reference outputs and sensitivity tables by calibration data (see ``mixed``)
+    _cache: dict = field(default_factory=dict, repr=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -45,6 +47,7 @@ class TFLitePrepared:
 # --------------------------------------------------------------------------------------------------
 class TFLiteBackend(Backend):
     name = "tflite"
+    supports_sensitivity = True
 
     @classmethod
     def accepts(cls, model: Any) -> bool:
@@ -159,6 +162,24 @@ class TFLiteBackend(Backend):
 
     def versions(self) -> dict[str, str]:
         return versions("tensorflow", "tensorflow-cpu", "keras", "ai-edge-litert", "litert-torch")
+
+    # -- per-layer sensitivity (mixed.py) --------------------------------------------------------------
+    def sensitivity(self, prepared: TFLitePrepared, calib, mode: str = "static"):
+        """Per-layer sensitivity as a DataFrame (node, op_type, params, rel_error, cosine, max_abs_diff,
+        rank, error): how far the first output moves against float on 64 calibration examples when only
+        that layer is int8 (full integer, calibrated once). rank 1 = most sensitive. Cached in memory
+        and under ``prepared.dir`` by the calibration data's fingerprint."""
+        from .mixed import sensitivity
+
+        if mode != "static":
+            raise NboptError(f"Sensitivity mode {mode!r}: the TFLite backend measures 'static' (full integer) "
+                             "only; its dynamic-range quantizer cannot keep single layers in float.")
+        return sensitivity(self, prepared, calib)
+
+    def sensitivity_cost(self, prepared: TFLitePrepared, calib, mode: str = "static") -> tuple[bool, int]:
+        from .mixed import sensitivity_cost
+
+        return sensitivity_cost(self, prepared, calib)
 
     # -- shared pieces ---------------------------------------------------------------------------------
     def converter(self, prepared: TFLitePrepared, recipe: str):

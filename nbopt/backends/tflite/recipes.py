@@ -74,6 +74,14 @@ def _int8_static(backend: TFLiteBackend, prepared: TFLitePrepared, params: dict,
                          "TFLite converter")
 
 
+# The converter's dynamic-range quantizer has no denylist: mixed precision is full integer (static) here.
+@TFLiteBackend.recipe("mixed-precision", honours={"mode": ("static",)}, defaults={"mode": "static"})
+def _mixed(backend: TFLiteBackend, prepared: TFLitePrepared, params: dict, ctx: Context) -> Artifact:
+    from .mixed import mixed
+
+    return mixed(backend, prepared, params, ctx)
+
+
 @TFLiteBackend.recipe("prune-unstructured")
 def _prune(backend: TFLiteBackend, prepared: TFLitePrepared, params: dict, ctx: Context) -> Artifact:
     if prepared.kind != "keras":
