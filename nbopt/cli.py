@@ -64,6 +64,10 @@ def add_optimize_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-drop", type=_drop, metavar="X",
                    help="accuracy budget: the largest metric drop accepted (>= 0); exit 3 if no optimized "
                         "candidate is within it")
+    p.add_argument("--search", default="auto", choices=("auto", "grid"),
+                   help="with --max-drop: auto climbs an accuracy ladder (per-channel, calibration, layers kept "
+                        "in float, fp16, qat) and stops at the first candidate within it; grid runs every "
+                        "recipe (default auto; a --recipes list always runs as a grid)")
     p.add_argument("--store", default=".nbopt", metavar="DIR",
                    help="folder where results and artifacts are kept; a re-run reuses them (default .nbopt)")
     p.add_argument("--report", metavar="FILE", help="write a self-contained HTML report (plot and table) here")
@@ -155,7 +159,8 @@ def _study(args: argparse.Namespace, recipes: list | None, backends: list[str] |
         raise NboptError(f"--store: '{args.store}' is a file; give a folder (it is created if missing).")
     progress = sys.stdout.isatty() and sys.stderr.isatty()  # no bar garbage in CI logs or pipes
     return Study(args.model, calib=args.calib, eval=args.eval, train=args.train, metric=args.metric, recipes=recipes,
-                 backends=backends, max_accuracy_drop=args.max_drop, store=args.store, progress=progress,
+                 backends=backends, max_accuracy_drop=args.max_drop, search=args.search, store=args.store,
+                 progress=progress,
                  measure_memory=not args.no_memory, workers=_workers(args.workers),
                  **({"timeout_s": args.timeout} if args.timeout is not None else {}))
 

@@ -44,6 +44,7 @@ _BODY_KEYS = {
     "executor": "executor",
     "ray_address": "ray_address",
     "timeout_s": "timeout_s",
+    "search": "search",
 }
 
 
@@ -187,9 +188,9 @@ def _check(key: str, value: Any) -> Any:
         if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
             raise bad("a list of names")
         return value
-    if key in ("metric", "store"):
+    if key in ("metric", "store", "search"):
         if not isinstance(value, str):
-            raise bad("a name" if key == "metric" else "a folder path")
+            raise bad("a folder path" if key == "store" else "a name")
         return value
     if key in ("max_accuracy_drop", "max_drop"):
         if value is None:

@@ -27,7 +27,8 @@ from .errors import NboptError, one_line
 from .evaluator import LatencySettings, score
 from .executors import DEFAULT_TIMEOUT_S, EXECUTORS, check_timeout, check_workers, make_executor
 from .jobs import CandidateJob, PrepareJob, load_blob, rebased, remember
-from .metrics import Metric, get_metric
+from .metrics import METRICS, Metric, get_metric
+from .search import Rung, check_search, closest_sentence, fits, ladder, log_entry
 from .pareto import resolve
 from .quiet import candidate_log, quiet, write_log
 from .recipes import MONOTONE_PARAMS, RECIPES, TRAINING_RECIPES, Recipe, missing_calib, missing_train, parse_recipes
@@ -60,10 +61,12 @@ class Study(StudyResults):
                  callbacks: Iterable[Callback] = (), progress: bool = True, measure_memory: bool = True,
                  latency: LatencySettings | None = None, batch_size: int = 1, labels: Sequence[str] | None = None,
                  workers: int | str = 1, executor: str = "local", ray_address: str | None = None,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, train: Any = None):
+                 timeout_s: float = DEFAULT_TIMEOUT_S, train: Any = None, search: str = "auto"):
         if not backends:
             model_kind(model)  # an unusable model is the first thing to say (named backends check it below)
         self.metric: Metric = get_metric(metric)
+        # built-in metrics travel to the workers by name (mixed-precision scores its trials with it)
+        self._metric_name = self.metric.name if METRICS.get(self.metric.name) is self.metric else None
         self.objectives = tuple(objectives)
         resolve(self.objectives, True)  # unknown objective names fail now
         if max_accuracy_drop is not None and not (isinstance(max_accuracy_drop, (int, float)) and max_accuracy_drop >= 0):
@@ -71,6 +74,9 @@ class Study(StudyResults):
         if not isinstance(n_calib, int) or n_calib < 1:
             raise NboptError(f"n_calib must be a positive integer, got {n_calib!r}.")
         self.max_accuracy_drop = max_accuracy_drop
+        # auto climbs an accuracy ladder (nbopt.search) when there is a budget to climb to and no recipe list
+        self.search = check_search(search)
+        self._auto = search == "auto" and max_accuracy_drop is not None and recipes is None
         self.seed, self.progress, self.measure_memory = seed, progress, measure_memory
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise NboptError(f"batch_size must be a positive integer (the batch the phone runs), got {batch_size!r}.")
@@ -88,7 +94,10 @@ class Study(StudyResults):
         self._prep, self._unusable = self._prepare_all()
         self._prepared_cache: dict[str, Any] = {}
         self._model_fp = {n: (self._prep[n]["fingerprint"] if n in self._prep else "unusable") for n in self.backends}
-        self.plan: list[Planned] = self._plan(parse_recipes(recipes))
+        self._ladders: dict[str, list[Rung]] = {}
+        self.plan: list[Planned] = self._ladder_plan() if self._auto else self._plan(parse_recipes(recipes))
+        self._search_log: list[dict] = []
+        self.search_note = ""  # the sentence for a budget nothing met (search="auto")
         self.candidates: list[Candidate] = []
         self._callbacks: list[Callback] = list(callbacks)
         self._stop = threading.Event()
@@ -204,6 +213,88 @@ class Study(StudyResults):
                 plan.append(Planned(name, full, reason or self._missing_data(full)))
         return _monotone_order(plan)
 
+    def _ladder_plan(self) -> list[Planned]:
+        """search="auto": every rung of every backend's ladder (the most the search can run)."""
+        plan = []
+        for name, backend in self.backends.items():
+            if name in self._unusable:
+                continue
+
+            def resolve(recipe: Recipe, backend=backend) -> tuple[Recipe, str]:
+                full, reason = backend.resolve(recipe)
+                return full, reason or self._missing_data(full)
+            self._ladders[name] = ladder(resolve, backend.supports_sensitivity, self.train_data is not None)
+            plan += [Planned(name, r) for rung in self._ladders[name] for r in rung.recipes]
+        return plan
+
+    def _climb(self, bar) -> None:
+        """Each backend climbs its ladder a rung at a time (the backends' rungs run together) and stops at the
+        first rung where a candidate fits the budget; the log says why each rung ran."""
+        budget = self.max_accuracy_drop
+        step = {n: 0 for n in self._ladders if self._baseline_rows.get(n, {}).get("status") == OK}
+        for n in set(self._ladders) - set(step):
+            self._log_search(n, 0, None, "no search: the baseline failed, so nothing can be compared with it")
+        layers = {n: self._layer_count(n) for n in step}
+        while step and not self._stop.is_set():
+            rungs = {}
+            for n, i in list(step.items()):
+                while i < len(self._ladders[n]) and self._ladders[n][i].keep >= layers[n] * 2 > 0:
+                    i += 1  # a group larger than the model: the previous rung already kept every layer
+                if i >= len(self._ladders[n]):
+                    del step[n]
+                    continue
+                step[n], rungs[n] = i, self._ladders[n][i]
+                self._emit("search_step", {"backend": n, "step": i + 1, "of": len(self._ladders[n]),
+                                           "rung": rungs[n].step, "why": rungs[n].why})
+            self._sweep([Planned(n, r) for n, rung in rungs.items() for r in rung.recipes], bar)
+            rows = {c.row["name"]: c.row for c in self.candidates}
+            for n, rung in rungs.items():
+                got = [rows[Planned(n, r).name] for r in rung.recipes if Planned(n, r).name in rows]
+                self._search_log += [log_entry(n, step[n], rung, row, budget) for row in got]
+                if any(fits(row, budget) for row in got):
+                    self._log_search(n, step.pop(n) + 1, rung, "stopped: a candidate of this step fits the budget")
+                else:
+                    step[n] += 1
+        self._end_search(bar)
+
+    def _layer_count(self, backend: str) -> int:
+        """Layers the backend's sensitivity ranks (0 without it or when it cannot say)."""
+        if not self.backends[backend].supports_sensitivity or self.calib_data is None:
+            return 0
+        try:
+            return int(self.sensitivity_cost(backend)[1])
+        except Exception:  # noqa: BLE001 - the keep rungs then run as planned
+            return 10**6
+
+    def _log_search(self, backend: str, step: Any, rung: Rung | None, result: str) -> None:
+        self._search_log.append({"backend": backend, "step": step if isinstance(step, int) else None,
+                                 "rung": rung.step if rung else None, "candidate": None, "status": None,
+                                 "accuracy_drop": None, "size_ratio": None, "fits": None,
+                                 "why": rung.why if rung else "", "result": result})
+
+    def _end_search(self, bar) -> None:
+        """The ladder's end: the bar's total becomes what ran; a budget nothing met is one sentence."""
+        ran = len(self.candidates)
+        if bar is not None:
+            bar.total = ran
+            bar.refresh()
+        self._emit("search_finished", {"total": ran})
+        rows = [c.row for c in self.candidates]
+        if self._stop.is_set() or any(fits(r, self.max_accuracy_drop) for r in rows if r["recipe"] != "baseline"):
+            return
+        self.search_note = closest_sentence(rows, self.max_accuracy_drop, self.metric.name)
+        self._log_search("all", None, None, self.search_note)
+        warnings.warn(f"nbopt: {self.search_note}", stacklevel=3)
+
+    @property
+    def search_log(self):
+        """search="auto": one row per trial (backend, step, rung, candidate, accuracy_drop, fits, why, result),
+        plus a row where a backend's ladder stopped. Empty for a grid."""
+        import pandas as pd
+
+        return pd.DataFrame(self._search_log, columns=["backend", "step", "rung", "candidate", "status",
+                                                       "accuracy_drop", "size_ratio", "fits", "why", "result"])
+
     def _check_recipe(self, recipe: Recipe) -> None:
         """Mistakes no backend could do anything with are one sentence now; what only some backends
         cannot honour becomes their skipped rows."""
@@ -294,7 +385,10 @@ class Study(StudyResults):
             for name in self._unusable:
                 self._record(self._unusable_row(name), bar)
             self._sweep([Planned(n, BASELINE) for n in self.backends if n not in self._unusable], bar)
-            self._sweep(self.plan, bar)
+            if self._auto:
+                self._climb(bar)
+            else:
+                self._sweep(self.plan, bar)
             completed = True
         except KeyboardInterrupt:
             self._abandon()
@@ -378,7 +472,7 @@ class Study(StudyResults):
                            prep.get("prepared"), self._model_path, self.eval_data, self.calib_data, self.seed,
                            self.latency, self.measure_memory, workdir, log,
                            train=self.train_data if _uses_train(item.recipe.name) else None,
-                           stop_flag=self._stop_flag)
+                           stop_flag=self._stop_flag, metric=self._metric_name)
         try:
             self._executor.submit(job, key)
         except Exception as exc:  # noqa: BLE001 - a job that cannot be sent is this row's failure
@@ -472,7 +566,10 @@ class Study(StudyResults):
                      latency=vars(self.latency), memory=self.measure_memory)
         if self.train_data is not None and _uses_train(item.recipe.name):
             parts["train"] = self.train_data.fingerprint  # only where it matters: other rows stay reusable
-        # No metric in the key: outputs are stored and the metric is recomputed from them on every run.
+        # No metric in the key (outputs are stored and the metric is recomputed from them on every run),
+        # except where the metric chose the artifact: mixed-precision picks its trial by it.
+        if item.recipe.name == "mixed-precision":
+            parts["metric"] = self._metric_name
         return candidate_key(**parts)
 
     def _size_breakdown(self, backend: str, artifact: Artifact) -> dict | None:

@@ -46,6 +46,7 @@ class Panel(anywidget.AnyWidget):
     done = t.Int(0).tag(sync=True)
     running = t.Unicode("").tag(sync=True)  # name of the running candidate
     training = t.Dict().tag(sync=True)  # the last training_progress event (epoch, loss, seconds) of it
+    search = t.Unicode("").tag(sync=True)  # search="auto": the rung each backend is on, and why
     elapsed_s = t.Float(0.0).tag(sync=True)
     durations = t.List(t.Float()).tag(sync=True)  # seconds per finished candidate (for the estimate)
     rows = t.List(t.Dict()).tag(sync=True)  # study.results rows, JSON-safe, each with a stable "id"
@@ -254,6 +255,12 @@ class Panel(anywidget.AnyWidget):
                 self.total = int(payload.get("total", self.total))
             elif event == "training_progress":
                 self.training = _json_value(dict(payload))
+            elif event == "search_step":
+                self.search = (f"search {payload['backend']}: step {payload['step']}/{payload['of']} "
+                               f"{payload['rung']} ({payload['why']})")
+            elif event == "search_finished":
+                self.total = int(payload.get("total", self.total))
+                self.search = ""
             elif event == "candidate_started":
                 self.running = str(payload.get("name", ""))
                 self.training = {}

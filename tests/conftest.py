@@ -17,7 +17,8 @@ import pytest  # noqa: E402
 from nbopt.backends import register_backend  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
-FAKE_BACKENDS = {"fake": "FakeBackend", "fake-wide": "WideFakeBackend", "fake-train": "TrainingFakeBackend"}
+FAKE_BACKENDS = {"fake": "FakeBackend", "fake-wide": "WideFakeBackend", "fake-train": "TrainingFakeBackend",
+                 "fake-mixed": "MixedFakeBackend"}
 for _name, _cls in FAKE_BACKENDS.items():  # tests/ is on sys.path (rootdir conftest, no __init__.py)
     register_backend(_name, "fake_backend", _cls, probe="numpy")
 

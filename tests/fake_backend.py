@@ -43,6 +43,8 @@ class FakeRunner:
         self.w = arrays["weights"].astype(np.float32) * arrays.get("scale", np.float32(1.0))
         self.b = arrays["bias"].astype(np.float32)
         self.range = arrays.get("input_range")  # (lo, hi) from the calibration data, or None
+        if "kept_idx" in arrays:  # mixed-precision: these columns stayed float
+            self.w[:, arrays["kept_idx"]] = arrays["kept"]
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         (x,) = inputs.values()
@@ -86,6 +88,26 @@ class FakeBackend(Backend):
     def versions(self) -> dict[str, str]:
         return {"fake": "1"}
 
+    # mixed-precision and sensitivity: a "layer" of the fake is one output class's weight column; only
+    # "fake-mixed" says it has the capability (the panel's sensitivity section is tested without it)
+    def sensitivity(self, prepared: FakeModel, calib: Any):
+        """Each weight column's int8 (per-channel) error on the calibration inputs, most sensitive first."""
+        import pandas as pd
+
+        x = np.concatenate([np.asarray(v).reshape(len(v), -1) for inputs, _ in calib.batches(256)
+                            for v in inputs.values()])
+        q, scale = _int8(prepared.weights, per_channel=True)
+        err = np.linalg.norm(x @ (q * scale - prepared.weights), axis=0) / np.maximum(
+            np.linalg.norm(x @ prepared.weights, axis=0), 1e-12)
+        df = pd.DataFrame({"node": [f"class{i}" for i in range(len(err))], "op_type": "column",
+                           "params": prepared.weights.shape[0], "rel_error": err})
+        df = df.sort_values("rel_error", ascending=False, kind="stable").reset_index(drop=True)
+        df["rank"] = np.arange(1, len(df) + 1)
+        return df
+
+    def sensitivity_cost(self, prepared: FakeModel, calib: Any) -> tuple[bool, int]:
+        return False, prepared.weights.shape[1]
+
 
 def _save(ctx: Context, filename: str, notes: str, info: dict | None = None, **arrays) -> Artifact:
     ctx.workdir.mkdir(parents=True, exist_ok=True)
@@ -125,6 +147,18 @@ def _int8_static(backend, prepared: FakeModel, params: dict, ctx: Context) -> Ar
                  scale=scale, bias=prepared.bias, input_range=np.array([lo, hi], np.float32))
 
 
+@FakeBackend.recipe("mixed-precision", honours={"mode": ("dynamic",), "per_channel": (True, False)})
+def _mixed(backend, prepared: FakeModel, params: dict, ctx: Context) -> Artifact:
+    """Per-tensor int8 with the ``keep_float`` most sensitive columns left float (stored as float32)."""
+    keep = params["keep_float"]
+    k = 1 if keep == "auto" else int(keep)
+    kept = [int(n[5:]) for n in backend.sensitivity(prepared, ctx.calib)["node"][:k]]
+    q, scale = _int8(prepared.weights, per_channel=params["per_channel"] is True)
+    return _save(ctx, "model_mixed.npz", f"int8 with {len(kept)} column(s) float", {"kept_float": len(kept)},
+                 weights=q, scale=scale, bias=prepared.bias, kept=prepared.weights[:, kept],
+                 kept_idx=np.array(kept, np.int64))
+
+
 @FakeBackend.recipe("prune-unstructured")
 def _prune(backend, prepared: FakeModel, params: dict, ctx: Context) -> Artifact:
     w = prepared.weights.copy()
@@ -132,6 +166,13 @@ def _prune(backend, prepared: FakeModel, params: dict, ctx: Context) -> Artifact
     art = _save(ctx, "model_pruned.npz", f"{params['amount']:.0%} of weights zeroed", weights=w, bias=prepared.bias)
     art.info.update(sparsity=float((w == 0).mean()), size_compressed_bytes=len(zlib.compress(art.path.read_bytes())))
     return art
+
+
+class MixedFakeBackend(FakeBackend):
+    """The fake with per-layer sensitivity: search="auto" climbs to its keep-in-float rungs."""
+
+    name = "fake-mixed"
+    supports_sensitivity = True
 
 
 class WideFakeBackend(FakeBackend):
@@ -205,3 +246,4 @@ class TrainingFakeBackend(FakeBackend):
 
 TrainingFakeBackend.handlers.update(FakeBackend.handlers)
 WideFakeBackend.handlers.update(FakeBackend.handlers)  # the same recipes (subclasses start with none)
+MixedFakeBackend.handlers.update(FakeBackend.handlers)

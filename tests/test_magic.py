@@ -191,7 +191,7 @@ def test_panel_setup_mode_chooses_recipes_and_runs(tiny, tmp_path):
     panel = Panel(net, calib=calib, eval=val, store=str(tmp_path / "st"), backends=[BACKEND])
     assert panel.mode == "setup" and panel.status == "idle"
     assert panel.backends == [BACKEND]
-    assert sorted(panel.available_backends) == ["fake", "fake-train", "fake-wide"]  # installed ones taking it
+    assert sorted(panel.available_backends) == ["fake", "fake-mixed", "fake-train", "fake-wide"]  # installed, taking it
     from fake_backend import FakeBackend
 
     assert panel.available_recipes == sorted(FakeBackend.handlers)
@@ -301,7 +301,10 @@ def test_panel_fills_layer_sensitivity_after_sweep(onnx_tiny, tmp_path, monkeypa
     panel.study.sensitivity.clear()
     panel._fill_sensitivity()
     assert panel.sensitivity == rows  # the backend's cache (as after mixed-precision) makes it cheap
-    panel.study.prepared("onnx")._cache.clear()
+    prep = panel.study.prepared("onnx")
+    prep._cache.clear()
+    for cached in prep.dir.glob("sensitivity_*.json"):  # the on-disk copy of the table
+        cached.unlink()
     panel.study.sensitivity.clear()
     panel.sensitivity = []
     panel._fill_sensitivity()

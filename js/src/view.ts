@@ -20,6 +20,7 @@ export interface Model {
   done: number;
   running: string;
   training: TrainingProgress;
+  search: string; // search="auto": the rung each backend is on, and why
   elapsed_s: number;
   durations: number[];
   rows: Row[];

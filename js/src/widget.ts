@@ -53,6 +53,7 @@ function render({ model, el }: RenderProps<Model>) {
     ["total", [header.update]],
     ["running", [header.update]],
     ["training", [header.update]],
+    ["search", [header.update]],
     ["message", [header.update]],
     ["waiting", [header.update]],
     ["result_name", [header.update]],

@@ -36,6 +36,7 @@ export function headerSection(v: View): HeaderSection {
     if (active && m.get("running")) parts.push(`running ${m.get("running")}`);
     const training = m.get("training");
     if (active && training && training.name === m.get("running")) parts.push(trainingText(training));
+    if (active && m.get("search")) parts.push(m.get("search"));
     if (st !== "idle") parts.push(`elapsed ${formatDuration(elapsed)}`);
     if (active) {
       const eta = estimateRemaining({ total, done, durations: m.get("durations") ?? [], runningFor: m.get("running") ? runningFor : 0 });
