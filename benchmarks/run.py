@@ -4,6 +4,8 @@
     python benchmarks/run.py --all      # also the ONNX and TFLite backends (bench_onnx.py, bench_tflite.py)
     python benchmarks/run.py --training # the training-based recipes (bench_qat, bench_distill,
                                         # bench_resolution, bench_keras_training; about 15 minutes)
+    python benchmarks/run.py --search   # mixed precision and search="auto" against the converters' defaults
+                                        # (bench_mixed.py: MiniLM, digits CNN, MobileNetV3; about 10 minutes)
 
 1. Per torch recipe: nbopt's handler time against the same libraries called directly (overhead ratio).
 2. The default sweep on the demo model (fresh store) against an identical re-run (served from the store).
@@ -116,7 +118,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--all", action="store_true", help="also run the ONNX and TFLite benchmarks")
     parser.add_argument("--training", action="store_true", help="only the training-based recipes' benchmarks")
+    parser.add_argument("--search", action="store_true", help="only mixed precision and search='auto' (bench_mixed)")
     args = parser.parse_args()
+    if args.search:
+        subprocess.run([sys.executable, str(HERE / "bench_mixed.py")], check=False)
+        return
     if args.training:
         for script in TRAINING:
             subprocess.run([sys.executable, str(HERE / script)], check=False)
