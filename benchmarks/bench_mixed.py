@@ -266,19 +266,6 @@ def minilm_section(n_calib: int, n_eval: int, length: int) -> None:
 
 
 # -- 2. int8-static / mixed-precision vs converter defaults ----------------------------------------------
-def keras_digits_cnn(xtr, ytr):
-    import keras
-
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, activation="relu", padding="same"),
-        keras.layers.Conv2D(16, 3, activation="relu"), keras.layers.Flatten(),
-        keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
-    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(xtr, ytr, epochs=12, batch_size=32, verbose=0)
-    return model
-
-
 def torch_mobilenet(x):
     import torch
 
@@ -415,6 +402,8 @@ def _kept(r: dict) -> str:
 
 def converters_section() -> None:
     import torch
+
+    from bench_tflite import keras_digits_cnn
 
     from nbopt.demo import digits_arrays, train_digits_cnn
 
