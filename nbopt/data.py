@@ -111,13 +111,17 @@ class Data:
                     _hash_text(self.fingerprint, "sample", n, seed))
 
 
-def load(obj: Any, role: str = "eval") -> Data:
-    """Load any accepted form (see DESIGN.md) into a ``Data``. ``role`` picks a split of a DatasetDict."""
+def load(obj: Any, role: str = "eval", tokenizer: Any = None) -> Data:
+    """Load any accepted form (see DESIGN.md) into a ``Data``. ``role`` picks a split of a DatasetDict.
+    Text (a list of strings, or (texts, labels)) is tokenized with ``tokenizer`` (a ``TextEncoder`` from
+    ``text_encoder``, or a Hugging Face tokenizer: then padded to this data's longest text)."""
     if isinstance(obj, Data):
         return obj
     if obj is None:
         raise NboptError(f"No {role} data was given: pass {role}=... (arrays, a Dataset, a DataFrame, "
                          "a DataLoader, a file or a folder).")
+    if _texts_of(obj) is not None:
+        obj = _encoded(obj, tokenizer, role)
     with _quiet_datasets():
         data = _from_hf(_to_hf(obj, role))
     if not data.streaming and len(data.ds) == 0:
@@ -475,7 +479,7 @@ def _stack(name: str, values: Any) -> np.ndarray:
 
 def _sample_indices(total: int, n: int, seed: int, labels: np.ndarray | None) -> list[int]:
     rng = np.random.default_rng(seed)
-    if labels is None or labels.dtype.kind == "f":
+    if labels is None or labels.dtype.kind == "f" or labels.ndim > 1:  # no classes to stratify by (next tokens)
         return sorted(rng.choice(total, size=n, replace=False).tolist())
     from sklearn.model_selection import train_test_split
 
@@ -485,6 +489,198 @@ def _sample_indices(total: int, n: int, seed: int, labels: np.ndarray | None) ->
     except ValueError:  # a class too rare to stratify: fall back to a plain seeded draw
         picked = rng.choice(total, size=n, replace=False)
     return sorted(np.asarray(picked).tolist())
+
+
+# -- text and language models ---------------------------------------------------------------------------
+@dataclass
+class TextEncoder:
+    """A tokenizer, the one padded length every role's text gets (calibration and evaluation examples must
+    share one shape) and the tokenizer outputs the model takes."""
+
+    tokenizer: Any
+    length: int
+    keep: tuple[str, ...] | None = None  # None: every output of the tokenizer
+    single: bool = False  # the model takes the ids as its one positional input
+
+    def encode(self, texts: list[str]) -> dict[str, np.ndarray] | np.ndarray:
+        """int64 arrays padded on the right to ``length``: real tokens keep positions 0..n-1, and the
+        attention mask (where the model takes one) marks the padding."""
+        enc = _tokenize(self.tokenizer, texts, self.length)
+        pad = _pad_id(self.tokenizer)
+        out = {}
+        for name in (k for k in enc.keys() if self.keep is None or k in self.keep):
+            arr = np.full((len(texts), self.length), pad if name == "input_ids" else 0, dtype=np.int64)
+            for i, row in enumerate(enc[name]):
+                arr[i, :len(row)] = row
+            out[name] = arr
+        if "input_ids" not in out:
+            raise NboptError(f"The tokenizer ({type(self.tokenizer).__name__}) gave no 'input_ids': pass the "
+                             "model's own Hugging Face tokenizer.")
+        return out["input_ids"] if self.single else out
+
+
+def text_encoder(tokenizer: Any, model: Any, sources: dict[str, Any]) -> TextEncoder | None:
+    """The encoder for the text among ``sources`` (role -> data as given), None when none is text."""
+    texts = {role: t for role, obj in sources.items() if (t := _texts_of(obj)) is not None}
+    if not texts:
+        return None
+    role = next(iter(texts))
+    if tokenizer is None:
+        raise NboptError(f"The {role} data is text: pass tokenizer=... (the model's own, e.g. "
+                         "AutoTokenizer.from_pretrained(name)) so that nbopt can turn it into token ids.")
+    if not callable(tokenizer):
+        raise NboptError(f"tokenizer= must be a Hugging Face tokenizer (called on a list of strings), got a "
+                         f"{type(tokenizer).__name__}.")
+    cap = _max_positions(model, tokenizer)
+    longest = max(len(ids) for t in texts.values() for ids in _tokenize(tokenizer, t, cap)["input_ids"])
+    keep, single = _model_inputs(model)
+    return TextEncoder(tokenizer, max(longest, 1), keep, single)
+
+
+def _texts_of(obj: Any) -> list[str] | None:
+    """The texts of a list of strings or of (texts, labels); None for any other form."""
+    if isinstance(obj, (list, tuple)) and obj and all(isinstance(t, str) for t in obj):
+        return list(obj)
+    if isinstance(obj, tuple) and len(obj) == 2 and not isinstance(obj[0], str):
+        return _texts_of(obj[0]) if isinstance(obj[0], (list, tuple)) else None
+    return None
+
+
+def _encoded(obj: Any, tokenizer: Any, role: str) -> Any:
+    encoder = tokenizer if isinstance(tokenizer, TextEncoder) else text_encoder(tokenizer, None, {role: obj})
+    texts = _texts_of(obj)
+    inputs = encoder.encode(texts)
+    return (inputs, obj[1]) if isinstance(obj, tuple) and obj and not isinstance(obj[0], str) else inputs
+
+
+def _tokenize(tokenizer: Any, texts: list[str], max_length: int | None):
+    try:
+        return tokenizer(list(texts), truncation=max_length is not None, max_length=max_length)
+    except Exception as exc:  # noqa: BLE001 - a tokenizer's own error, in one line
+        raise NboptError(f"The tokenizer failed on the text ({one_line(exc, 200)}): pass the model's own Hugging "
+                         "Face tokenizer.") from None
+
+
+def _pad_id(tokenizer: Any) -> int:
+    """The padding token, else end-of-text (GPT-2 has no padding token; the attention mask hides it)."""
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def _max_positions(model: Any, tokenizer: Any) -> int | None:
+    """The longest sequence the model (its config) and the tokenizer take; None when neither says."""
+    config = getattr(model, "config", None)
+    limits = [getattr(config, a, None) for a in ("n_positions", "max_position_embeddings")]
+    limits.append(getattr(tokenizer, "model_max_length", None))
+    limits = [v for v in limits if isinstance(v, int) and 0 < v < 1_000_000]  # tokenizers say 1e30 for none
+    return min(limits) if limits else None
+
+
+def _model_inputs(model: Any) -> tuple[tuple[str, ...] | None, bool]:
+    """(the tokenizer outputs the model's forward takes, whether it takes the ids as its one input)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (AttributeError, TypeError, ValueError):
+        return None, False  # a file, or no signature to read: keep what the tokenizer gives
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()) and "input_ids" not in params:
+        return None, False
+    if "input_ids" in params:
+        return tuple(params), False
+    return ("input_ids",), True  # forward(x): the ids, positionally
+
+
+def _vocab_size(model: Any) -> int | None:
+    value = getattr(getattr(model, "config", None), "vocab_size", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _ids_input(data: Data) -> str | None:
+    """The input that holds token ids: 'input_ids', or a single integer input."""
+    if "input_ids" in data.input_names:
+        return "input_ids"
+    if data.single_input and data.example(1)[SINGLE_INPUT].dtype.kind in "iu":
+        return SINGLE_INPUT
+    return None
+
+
+def check_token_ids(model: Any, data: Data, role: str, stream_limit: int = 4096) -> None:
+    """Token ids outside the model's vocabulary (config.vocab_size) would index past its embedding table."""
+    vocab, name = _vocab_size(model), _ids_input(data)
+    if vocab is None or name is None:
+        return
+    low, high, seen = 0, 0, 0
+    for inputs, _ in data.batches(1024):
+        ids = inputs[name]
+        low, high = min(low, int(ids.min(initial=0))), max(high, int(ids.max(initial=0)))
+        seen += len(ids)
+        if data.streaming and seen >= stream_limit:
+            break
+    if high >= vocab or low < 0:
+        where = "" if name == SINGLE_INPUT else f" in '{name}'"
+        raise NboptError(f"The {role} data has token id {high if high >= vocab else low}{where}, but the model's "
+                         f"vocabulary has {vocab} tokens (ids 0 to {vocab - 1}): tokenize with the model's own "
+                         "tokenizer.")
+
+
+def check_lm_head(model: Any, metric: str) -> None:
+    """A Hugging Face model without a language-model head (GPT2Model, a classifier) has no next-token logits."""
+    get, vocab = getattr(model, "get_output_embeddings", None), _vocab_size(model)
+    if vocab is None or not callable(get):
+        return
+    try:
+        head = get()
+    except Exception:  # noqa: BLE001 - a model that cannot say: the metric checks the logits' shape
+        return
+    if head is None:
+        raise NboptError(f"metric='{metric}' needs a model with a language-model head (logits over its {vocab}-token "
+                         f"vocabulary), but this {type(model).__name__} has none: load it with "
+                         "AutoModelForCausalLM, or use metric='cosine'.")
+
+
+def with_next_tokens(data: Data, role: str, metric: str) -> Data:
+    """The data with labels = the next tokens the language-model metrics score: the input ids, with
+    IGNORE_INDEX where the attention mask marks padding. Labels already shaped like the ids are kept."""
+    from .metrics import IGNORE_INDEX
+
+    name = _ids_input(data)
+    if name is None:
+        raise NboptError(f"metric='{metric}' needs token ids: give the {role} data as token-id arrays "
+                         "({'input_ids': ..., 'attention_mask': ...}) or as text with tokenizer=....")
+    if data.has_labels:
+        inputs, labels = next(data.batches(1))
+        if labels.shape != inputs[name].shape:
+            raise NboptError(f"metric='{metric}' scores the next tokens of the input ids, but the {role} labels are "
+                             f"not one token per position: drop the label column (nbopt takes the next tokens from "
+                             "the ids), or give labels shaped like the ids (-100 where a token is not scored).")
+        return data
+    mask = "attention_mask" if "attention_mask" in data.input_names else None
+
+    def add(batch):
+        ids = np.asarray(batch[name], dtype=np.int64)
+        keep = np.asarray(batch[mask]) != 0 if mask else np.ones(ids.shape, dtype=bool)
+        return {"labels": np.where(keep, ids, IGNORE_INDEX)}
+
+    with _quiet_datasets():
+        ds = data.ds.map(add, batched=True)
+    return Data(ds.with_format("numpy"), data.input_names, "labels", _hash_text(data.fingerprint, "next-tokens"))
+
+
+def for_metric(data: Data | None, model: Any, metric: Any, role: str) -> Data | None:
+    """Token ids checked against the model's vocabulary; for the language-model metrics, the next tokens
+    as labels (the evaluation and calibration data: mixed-precision scores its trials on the latter)."""
+    if data is None:
+        return None
+    check_token_ids(model, data, role)
+    if not getattr(metric, "next_tokens", False) or role == "train":
+        return data
+    if role == "eval":
+        check_lm_head(model, metric.name)
+    return with_next_tokens(data, role, metric.name)
 
 
 def _hash_text(*parts: Any) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 from .backends.base import Artifact, Runner
 from .data import Data
 from .errors import CandidateError
-from .metrics import Metric
+from .metrics import Metric, scored_positions
 
 
 @dataclass
@@ -57,9 +57,11 @@ def run_all(runner: Runner, data: Data, batch_size: int) -> np.ndarray:
 
 
 def score(metric: Metric, outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None) -> float:
-    """The metric's value: against the labels, or against the baseline's outputs for cosine/agreement."""
+    """The metric's value: against the labels, or against the baseline's outputs for cosine/agreement/
+    next-token (next-token only at the positions whose next token is in the labels: not padding)."""
     if metric.vs_baseline:
-        return metric(outputs, reference if reference is not None else outputs)
+        ref = reference if reference is not None else outputs
+        return metric(outputs, ref, mask=scored_positions(labels, outputs))
     return metric(outputs, labels)
 
 

@@ -4,21 +4,25 @@ accuracy against the baseline, and the report's text for a drop with its interva
 The interval resamples example indices with replacement; the candidate and its baseline are scored on the
 *same* indices (paired), so what varies is only which examples are drawn. The metrics that are a mean over
 examples (accuracy, top5, mse, mae, cosine, agreement) are scored once per example and resampled as means
-(exact and fast); macro f1 is resampled from class counts; any other callable is called on each resample.
+(exact and fast); the language-model metrics that pool tokens (perplexity, next-token) are resampled as
+ratios of per-example sums (a resample's value is its examples' summed NLL or matches over their scored
+tokens, padding excluded, as the metric counts them); macro f1 is resampled from class counts; any other
+callable is called on each resample. Every resample's drop is ``metric.drop`` of its two values, so a
+relative drop (perplexity) is relative in the interval as in the point drop.
 """
 from __future__ import annotations
 
 import math
 import time
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from . import metrics as M
 
 NAN2 = (math.nan, math.nan)
-PERCENT_METRICS = frozenset({"accuracy", "top5", "f1", "agreement"})  # as the panel (logic.ts)
+PERCENT_METRICS = frozenset({"accuracy", "top5", "f1", "agreement", "next-token"})  # as the panel (logic.ts)
 FALLBACK_RESAMPLES = 200  # resamples when the metric is called per resample (a callable)
 FALLBACK_SECONDS = 0.5  # ... and the time they may take (a slow metric gets fewer, at least MIN_RESAMPLES)
 MIN_RESAMPLES = 20
@@ -39,9 +43,11 @@ def drop_interval(metric, outputs, base_outputs, labels, *, n_boot: int = 1000, 
     if n < 2 or len(base) != n or (not metric.vs_baseline and (lab is None or len(lab) != n)):
         return NAN2
     rng = np.random.default_rng(seed)
-    per = _per_example_drop(metric, out, base, lab)
-    if per is not None:
-        drops = _resampled_means(per, n_boot, rng)
+    sums = _per_example(metric, out, base, lab)
+    if sums is not None and sums.count is None and not metric.relative:  # a mean: the mean of the drops
+        drops = _resampled_means(np.asarray(metric.drop(sums.cand, sums.ref), dtype=float), n_boot, rng)
+    elif sums is not None:
+        drops = _resampled_ratios(metric, sums, n_boot, rng)
     elif metric.fn is M.f1:
         drops = _f1_drops(metric, out, base, lab, n_boot, rng)
     else:
@@ -60,16 +66,41 @@ def _resampled_means(per: np.ndarray, n_boot: int, rng) -> np.ndarray:
     return np.concatenate([per[idx].mean(axis=1) for idx in _indices(rng, len(per), n_boot)])
 
 
-def _per_example_drop(metric, out, base, lab) -> np.ndarray | None:
-    """Each example's share of the drop, for metrics that are a mean over examples (None for others)."""
+class _Sums(NamedTuple):
+    """Per example, what a metric pools: value = finish(sum(cand) / sum(count)) over a resample's examples."""
+    cand: np.ndarray  # the candidate's score (or numerator: summed NLL, matching tokens)
+    ref: np.ndarray  # the baseline's
+    count: np.ndarray | None = None  # what it is divided by (scored tokens); None: 1 per example (a mean)
+    finish: Callable[[np.ndarray], np.ndarray] | None = None  # e.g. exp for perplexity
+    empty: float = math.nan  # the metric's value on a resample with nothing to count
+
+
+def _per_example(metric, out, base, lab) -> _Sums | None:
+    """The per-example scores of a built-in metric (None for the others, or shapes it cannot take)."""
     scores = next((s for fn, s in _PER_EXAMPLE.items() if fn is metric.fn), None)
     if scores is None:
         return None
     try:
-        cand, ref = scores(out, base, lab)
+        sums = scores(out, base, lab)
     except ValueError:  # shapes the metric cannot take either
         return None
-    return np.asarray(metric.drop(np.asarray(cand, float), np.asarray(ref, float)), dtype=float)
+    return sums._replace(cand=np.asarray(sums.cand, dtype=float), ref=np.asarray(sums.ref, dtype=float))
+
+
+def _resampled_ratios(metric, sums: _Sums, n_boot: int, rng) -> np.ndarray:
+    """The drop of each resample, from the pooled sums of its examples (ratio of sums, not mean of ratios)."""
+    count = np.ones(len(sums.cand)) if sums.count is None else np.asarray(sums.count, dtype=float)
+    drops = []
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for idx in _indices(rng, len(sums.cand), n_boot):
+            n = count[idx].sum(axis=1)
+            values = []
+            for part in (sums.cand, sums.ref):
+                v = part[idx].sum(axis=1) / n
+                v = sums.finish(v) if sums.finish is not None else v
+                values.append(np.where(n > 0, v, sums.empty))
+            drops.append(np.asarray(metric.drop(*values), dtype=float))
+    return np.concatenate(drops)
 
 
 def _hits(out, lab):
@@ -93,18 +124,56 @@ def _errors(power):
 
 
 def _cos(a, b):
-    a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
-    b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
+    """Per example: the cosine with the baseline, or its mean over the positions of (N, T, C) outputs (as
+    ``metrics.cosine``: every example has T positions, so the mean of these is the metric)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim == 3 and b.shape == a.shape:
+        return np.mean(_cos(a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])).reshape(a.shape[:2]), axis=1)
+    a = a.reshape(len(a), -1)
+    b = b.reshape(len(b), -1)
     return np.sum(a * b, axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
 
 
-_PER_EXAMPLE = {  # metric function -> (out, base, labels) -> (candidate's, baseline's) per-example scores
-    M.accuracy: lambda o, b, y: (_hits(o, y), _hits(b, y)),
-    M.top5: lambda o, b, y: (_top5_hits(o, y), _top5_hits(b, y)),
-    M.mse: lambda o, b, y: (_errors(2)(o, y), _errors(2)(b, y)),
-    M.mae: lambda o, b, y: (_errors(1)(o, y), _errors(1)(b, y)),
-    M.cosine: lambda o, b, y: (_cos(o, b), _cos(b, b)),
-    M.agreement: lambda o, b, y: (M._classes(o) == M._classes(b), np.ones(len(b), bool)),
+def _agreement(out, base, lab) -> _Sums:
+    """Per example: agrees with the baseline, or the share of its positions that do for (N, T, C) outputs
+    (as ``metrics.agreement``: every position, equal counts per example, so the mean of these is the metric)."""
+    if np.ndim(out) == 3:
+        same = np.asarray(out).argmax(-1) == np.asarray(base).argmax(-1)
+        return _Sums(same.mean(axis=1), np.ones(len(same)))
+    return _Sums(M._classes(out) == M._classes(base), np.ones(len(base)))
+
+
+def _next_token(out, base, lab) -> _Sums:
+    """Per example: positions whose top-1 equals the baseline's, and how many are scored: only those whose
+    next token is not padding (as the study scores it: ``evaluator.score``), all without next-token labels."""
+    out, base = np.asarray(out), np.asarray(base)
+    M._check_logits(out, "next-token")
+    same = out.argmax(-1) == base.argmax(-1)
+    mask = M.scored_positions(lab, out)
+    mask = np.ones(same.shape, dtype=bool) if mask is None else mask
+    count = mask.sum(axis=1)
+    return _Sums((same & mask).sum(axis=1), count, count, empty=1.0)  # nothing scored: the metric says 1.0
+
+
+def _perplexity(out, base, lab) -> _Sums:
+    """Per example: the summed NLL of its scored next tokens and their number; a resample's perplexity is
+    exp(its NLL / its tokens), as ``metrics.perplexity`` pools them (not a mean of per-example perplexities)."""
+    if lab is None:
+        raise ValueError("perplexity needs the next tokens")
+    nll_c, count = M.token_nll(out, lab)
+    nll_b, _ = M.token_nll(base, lab)
+    return _Sums(nll_c, nll_b, count, finish=np.exp)
+
+
+_PER_EXAMPLE = {  # metric function -> (out, base, labels) -> the candidate's and the baseline's _Sums
+    M.accuracy: lambda o, b, y: _Sums(_hits(o, y), _hits(b, y)),
+    M.top5: lambda o, b, y: _Sums(_top5_hits(o, y), _top5_hits(b, y)),
+    M.mse: lambda o, b, y: _Sums(_errors(2)(o, y), _errors(2)(b, y)),
+    M.mae: lambda o, b, y: _Sums(_errors(1)(o, y), _errors(1)(b, y)),
+    M.cosine: lambda o, b, y: _Sums(_cos(o, b), _cos(b, b)),
+    M.agreement: _agreement,
+    M.next_token: _next_token,
+    M.perplexity: _perplexity,
 }
 
 
@@ -144,10 +213,13 @@ def _resampled_calls(metric, out, base, lab, n_boot, rng) -> np.ndarray:
     """Call the metric on each resample (the candidate's and the baseline's), within a time budget."""
     drops: list[float] = []
     t0 = time.perf_counter()
+    next_tokens = lab is not None and len(lab) == len(out)
     for idx in (row for rows in _indices(rng, len(out), n_boot) for row in rows):
         ref = base[idx] if metric.vs_baseline else lab[idx]
+        # the positions to score, as the study's score() passes them (a metric that takes a mask: next-token)
+        mask = M.scored_positions(lab[idx], out[idx]) if metric.vs_baseline and next_tokens else None
         try:
-            drops.append(metric.drop(metric(out[idx], ref), metric(base[idx], ref)))
+            drops.append(metric.drop(metric(out[idx], ref, mask=mask), metric(base[idx], ref, mask=mask)))
         except Exception:  # a user's metric that cannot take a resample: no interval
             return np.full(1, math.nan)
         if len(drops) >= MIN_RESAMPLES and time.perf_counter() - t0 > FALLBACK_SECONDS:
@@ -251,7 +323,7 @@ def label_names(data) -> list | None:
 # ----------------------------------------------------------------------------------- the report
 def drop_text(row: Mapping, metric=None) -> str:
     """A row's drop with its interval, as the panel shows it: '0.19 pp worse [−0.41, +0.70]' (percentage
-    points for accuracy, top5, f1, agreement; 3 significant digits otherwise); '' without a drop.
+    points for accuracy, top5, f1, agreement, next-token; 3 significant digits otherwise); '' without a drop.
     ``metric``: the study's metric (a ``Metric`` or its name)."""
     drop = _number(row.get("accuracy_drop"))
     if drop is None:

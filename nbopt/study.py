@@ -22,7 +22,7 @@ from ._version import __version__
 from .backends import backend_spec, default_backends, get_backend, model_kind, sensitivity_capable
 from .backends.base import Artifact, Backend
 from .candidate import Candidate, StudyResults
-from .data import Data, load
+from .data import Data, for_metric, load, text_encoder
 from .errors import NboptError, one_line
 from .evaluator import LatencySettings, score
 from .executors import DEFAULT_TIMEOUT_S, EXECUTORS, check_timeout, check_workers, make_executor
@@ -61,7 +61,8 @@ class Study(StudyResults):
                  callbacks: Iterable[Callback] = (), progress: bool = True, measure_memory: bool = True,
                  latency: LatencySettings | None = None, batch_size: int = 1, labels: Sequence[str] | None = None,
                  workers: int | str = 1, executor: str = "local", ray_address: str | None = None,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, train: Any = None, search: str = "auto"):
+                 timeout_s: float = DEFAULT_TIMEOUT_S, train: Any = None, search: str = "auto",
+                 tokenizer: Any = None):
         if not backends:
             model_kind(model)  # an unusable model is the first thing to say (named backends check it below)
         self.metric: Metric = get_metric(metric)
@@ -88,7 +89,7 @@ class Study(StudyResults):
         self.model = model
         self.store = Store(store if store is not None else _tempdir())  # None: a folder removed at exit
         with scratch_in(self.store):  # Arrow files of in-memory data: under the store
-            self._load_data(model, calib, eval, n_calib, labels, train)
+            self._load_data(model, calib, eval, n_calib, labels, train, tokenizer)
         self._executor = make_executor(executor, self.workers, self.timeout_s, ray_address)
         self._model_path = self._send_model(model)
         self._prep, self._unusable = self._prepare_all()
@@ -109,13 +110,16 @@ class Study(StudyResults):
 
     # -- set-up ----------------------------------------------------------------------------------
     def _load_data(self, model: Any, calib: Any, eval: Any, n_calib: int, labels: Sequence[str] | None,
-                   train: Any) -> None:
-        self.eval_data: Data = load(eval, role="eval")
+                   train: Any, tokenizer: Any = None) -> None:
+        text = text_encoder(tokenizer, model, {"eval": eval, "calib": calib, "train": train})  # one padded length
+        self.eval_data: Data = for_metric(load(eval, role="eval", tokenizer=text), model, self.metric, "eval")
         if self.metric.needs_labels and not self.eval_data.has_labels:
             raise NboptError(f"Metric '{self.metric.name}' needs labels but the eval data has none: pass "
                              "(inputs, labels) or use metric='agreement' / 'cosine' to compare with the baseline.")
-        self.calib_data: Data | None = load(calib, role="calib").sample(n_calib, self.seed) if calib is not None else None
-        self.train_data: Data | None = load(train, role="train") if train is not None else None
+        self.calib_data: Data | None = for_metric(load(calib, role="calib", tokenizer=text), model, self.metric,
+                                                 "calib").sample(n_calib, self.seed) if calib is not None else None
+        self.train_data: Data | None = for_metric(load(train, role="train", tokenizer=text), model, self.metric,
+                                                  "train") if train is not None else None
         self.eval_data, self.calib_data, self.train_data, names = _label_ids(
             model, labels, self.metric, self.eval_data, self.calib_data, self.train_data)
         _check_same_inputs(self.calib_data, self.eval_data)
@@ -162,14 +166,13 @@ class Study(StudyResults):
                 for name in self.backends]
         prep, unusable, usage = {}, {}, []
         for job, done in self._run_all(jobs):
-            result = done.result or {"unusable": done.error}
-            if "usage" in result:
-                usage.append(result["usage"])
-            elif "unusable" in result:
+            result = done.result or {"unusable": _sentence(done.error)}  # the worker died or timed out
+            if "unusable" in result:
                 unusable[job.backend] = result["unusable"]
+                usage += [result["unusable"]] if result.get("usage") else []
             else:
                 prep[job.backend] = result
-        if usage:
+        if usage and not prep:  # nothing can run and the model or data as given is why: say so at once
             raise NboptError(usage[0])
         return prep, unusable
 
@@ -390,6 +393,7 @@ class Study(StudyResults):
             else:
                 self._sweep(self.plan, bar)
             completed = True
+            self._warn_no_baseline()
         except KeyboardInterrupt:
             self._abandon()
             self.stopped = True
@@ -534,6 +538,15 @@ class Study(StudyResults):
         if bar is not None:
             bar.set_postfix_str(row["name"][:40])
             bar.update(1)
+
+    def _warn_no_baseline(self) -> None:
+        """Every backend failed: the study still returns its rows, and says so once, with the reasons."""
+        rows = [c.row for c in self.candidates if c.row["recipe"] == BASELINE.name]
+        if not rows or any(r["status"] == OK for r in rows):
+            return
+        why = "; ".join(f"{r['backend']}: {(r['error'] or 'no reason given').rstrip('.')}" for r in rows)
+        warnings.warn(f"nbopt: no backend could export or run the model ({why}); fix that cause, or try "
+                      "another backend (backends=[...]).", stacklevel=3)
 
     def _unusable_row(self, name: str) -> dict:
         row = _empty_row(Planned(name, BASELINE))
@@ -682,13 +695,21 @@ def last_study() -> "Study | None":
 
 def optimize(model: Any, calib: Any = None, eval: Any = None, metric: str | Callable = "accuracy",
              recipes: Iterable[Any] | None = None, backends: Sequence[str] | None = None,
-             max_accuracy_drop: float | None = None, store: str | Path | None = ".nbopt", **kwargs) -> Study:
-    """Run a sweep of optimization recipes on ``model`` and return the measured ``Study``."""
+             max_accuracy_drop: float | None = None, store: str | Path | None = ".nbopt", tokenizer: Any = None,
+             **kwargs) -> Study:
+    """Run a sweep of optimization recipes on ``model`` and return the measured ``Study``. ``tokenizer``
+    turns text data (a list of strings, or (texts, labels)) into token ids."""
     return Study(model, calib=calib, eval=eval, metric=metric, recipes=recipes, backends=backends,
-                 max_accuracy_drop=max_accuracy_drop, store=store, **kwargs).run()
+                 max_accuracy_drop=max_accuracy_drop, store=store, tokenizer=tokenizer, **kwargs).run()
 
 
 # -- helpers -------------------------------------------------------------------------------------------
+def _sentence(text: str) -> str:
+    """An executor's 'the worker died while ...' as the row's error sentence."""
+    text = (text or "the worker ended without a result").strip().rstrip(".")
+    return text[:1].upper() + text[1:] + "."
+
+
 def _uses_train(recipe: str) -> bool:
     """Recipes that read train= (structured pruning fine-tunes on it when given)."""
     return recipe in TRAINING_RECIPES or recipe == "prune-structured"

@@ -7,10 +7,12 @@ import pytest
 
 import nbopt.stats
 
-from nbopt.metrics import METRICS, Metric, get_metric
+from nbopt.metrics import IGNORE_INDEX, METRICS, Metric, get_metric, scored_positions
 from nbopt.stats import drop_interval, drop_text, label_names, per_class, row_columns
 
 K = 10
+LM = ("perplexity", "next-token")  # read language-model logits (N, T, V) and next tokens (N, T)
+T, VOCAB = 10, 50
 
 
 def classified(n, seed=0, accuracy=0.94):
@@ -36,18 +38,46 @@ def noisy(logits, scale, seed=2):
     return logits + np.random.default_rng(seed).normal(0, scale, logits.shape).astype(np.float32)
 
 
+def sequences(n, seed=0):
+    """Language-model logits (n, T, VOCAB) of a baseline that mostly predicts the next token, and the next
+    tokens (n, T): the ids, IGNORE_INDEX where a sequence is padded (lengths 2..T, a third of them short)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, VOCAB, (n, T))
+    lengths = np.where(rng.random(n) < 1 / 3, rng.integers(2, T, n), T)
+    labels = np.where(np.arange(T) < lengths[:, None], ids, IGNORE_INDEX)
+    logits = rng.normal(0, 0.3, (n, T, VOCAB)).astype(np.float32)
+    i, t = np.nonzero(np.arange(T - 1) < lengths[:, None] - 1)  # the positions whose next token is known
+    logits[i, t, ids[i, t + 1]] += 3.0
+    return logits, labels
+
+
 def point_drop(metric, out, base, labels):
+    """The row's drop, as the study scores it (next-token: only the positions whose next token is scored)."""
     if metric.vs_baseline:
-        return metric.drop(metric(out, base), metric(base, base))
+        mask = scored_positions(labels, out)
+        return metric.drop(metric(out, base, mask=mask), metric(base, base, mask=mask))
     return metric.drop(metric(out, labels), metric(base, labels))
 
 
 def data_for(name, n=540):
-    """(candidate, baseline, labels) for a metric: regression targets for mse / mae."""
+    """(candidate, baseline, labels) for a metric: regression targets for mse / mae, logits and next tokens
+    for the language-model metrics."""
+    if name in LM:
+        base, labels = sequences(n)
+        return noisy(base, 1.0), base, labels
     base, labels = classified(n)
     if name in ("mse", "mae"):
         return noisy(base, 0.8, seed=3), base + np.float32(0.1), base
     return noisy(base, 1.0), base, labels
+
+
+def called_per_resample(metric):
+    """The same metric behind a plain function (no fast path), with its flags (relative_drop, takes_mask...)."""
+    def fn(outputs, reference, **kw):
+        return metric.fn(outputs, reference, **kw)
+    fn.__dict__.update(metric.fn.__dict__)
+    return Metric(metric.name, fn, greater_is_better=metric.greater_is_better, needs_labels=metric.needs_labels,
+                  vs_baseline=metric.vs_baseline)
 
 
 @pytest.mark.parametrize("name", list(METRICS))
@@ -65,11 +95,62 @@ def test_the_fast_paths_equal_calling_the_metric_on_each_resample(name, monkeypa
     monkeypatch.setattr(nbopt.stats, "FALLBACK_SECONDS", 60.0)  # all 200 resamples, however slow sklearn is
     metric = get_metric(name)
     out, base, labels = data_for(name, n=300)
-    wrapped = Metric(name, lambda o, r: metric.fn(o, r), greater_is_better=metric.greater_is_better,
-                     needs_labels=metric.needs_labels, vs_baseline=metric.vs_baseline)
+    wrapped = called_per_resample(metric)
+    assert wrapped.relative == metric.relative
     fast = drop_interval(metric, out, base, labels, n_boot=200, seed=5)
     slow = drop_interval(wrapped, out, base, labels, n_boot=200, seed=5)
     assert fast == pytest.approx(slow, rel=1e-6, abs=1e-9)  # mse / mae: float32 sums
+    assert fast[0] < fast[1]
+
+
+@pytest.mark.parametrize("name", ["agreement", "cosine", "next-token"])
+def test_the_fast_paths_compare_sequence_outputs_per_position(name, monkeypatch):
+    """On (N, T, C) outputs agreement and cosine compare each position (not one flattened vector per
+    example), next-token only those whose next token is scored; the interval follows (without next tokens:
+    every position)."""
+    monkeypatch.setattr(nbopt.stats, "FALLBACK_SECONDS", 60.0)
+    metric = get_metric(name)
+    base, labels = sequences(300)
+    out = noisy(base, 1.0)
+    for lab in (labels, None):
+        fast = drop_interval(metric, out, base, lab, n_boot=200, seed=5)
+        slow = drop_interval(called_per_resample(metric), out, base, lab, n_boot=200, seed=5)
+        assert fast == pytest.approx(slow, rel=1e-6, abs=1e-9)
+        assert fast[0] <= point_drop(metric, out, base, lab) <= fast[1]
+
+
+def test_next_token_interval_ignores_padding_positions():
+    """A candidate that differs from the baseline only where the next token is padding (or unknown: the last
+    position) has lost nothing: its interval is exactly 0, as its point drop."""
+    base, labels = sequences(540)
+    scored = scored_positions(labels, base)
+    assert (~scored[:, :-1]).any()  # there is padding to ignore
+    out = base.copy()
+    out[~scored] = -base[~scored]  # another top-1 at every position that is not scored
+    metric = get_metric("next-token")
+    assert point_drop(metric, out, base, labels) == 0.0
+    assert drop_interval(metric, out, base, labels) == (0.0, 0.0)
+    low, high = drop_interval(metric, out, base, None)  # every position counted: a real drop
+    assert 0 < low <= high
+
+
+def test_perplexity_interval_is_of_the_relative_drop():
+    """A candidate whose every scored next token is 1.1 times less likely has a perplexity 10 % higher, in
+    every resample: the interval is 0.10 (relative, as the point drop), not 0.10 x the baseline's perplexity."""
+    base, labels = sequences(540)
+    logp = base.astype(np.float64) - np.log(np.exp(base.astype(np.float64)).sum(-1, keepdims=True))
+    out = logp.copy()
+    scored = scored_positions(labels, base)
+    i, t = np.nonzero(scored)
+    target = labels[i, t + 1]
+    spare = (target + 1) % VOCAB  # takes the probability the target loses, so each row still sums to 1
+    p_target, p_spare = np.exp(logp[i, t, target]), np.exp(logp[i, t, spare])
+    out[i, t, target] = np.log(p_target / 1.1)
+    out[i, t, spare] = np.log(p_spare + p_target - p_target / 1.1)
+    metric = get_metric("perplexity")
+    assert metric(base, labels) > 2  # a perplexity whose scale would show in an absolute drop
+    assert point_drop(metric, out, base, labels) == pytest.approx(0.1, rel=1e-9)
+    assert drop_interval(metric, out, base, labels) == pytest.approx((0.1, 0.1), rel=1e-9)
 
 
 @pytest.mark.parametrize("name", list(METRICS))

@@ -55,9 +55,9 @@ export const AXES: Record<AxisName, Axis> = {
 };
 
 /** Metrics whose value reads as a percentage. */
-const PERCENT_METRICS = new Set(["accuracy", "top5", "f1", "agreement"]);
+const PERCENT_METRICS = new Set(["accuracy", "top5", "f1", "agreement", "next-token"]);
 
-/** Whether the metric is a fraction shown as a percentage (accuracy, top5, f1, agreement). */
+/** Whether the metric is a fraction shown as a percentage (accuracy, top5, f1, agreement, next-token). */
 export function isPercentMetric(metric: string): boolean {
   return PERCENT_METRICS.has(metric);
 }
