@@ -111,8 +111,9 @@ def load_blob(path: Path) -> Any:
 
 
 def run_prepare(job: PrepareJob) -> dict:
-    """{"prepared": path | None, "defaults": [Recipe], "fingerprint": str} or {"unusable": reason} or
-    {"usage": sentence} (a user mistake, raised as NboptError by the study)."""
+    """{"prepared": path | None, "defaults": [Recipe], "fingerprint": str} or {"unusable": reason}, with
+    "usage": True when the reason is an NboptError (the model or data as given). Any failure here is that
+    backend's failed baseline row; the study raises a usage reason only when no backend took the model."""
     from .store import scratch_in
 
     backend = backend_of(job.backend, job.spec)
@@ -121,8 +122,10 @@ def run_prepare(job: PrepareJob) -> dict:
             prepared = backend.prepare(load_blob(job.model_path), job.eval)
             out = {"defaults": backend.default_recipes(prepared), "fingerprint": backend.fingerprint(prepared)}
         except NboptError as exc:
-            return {"usage": one_line(exc)}
+            write_log(traceback.format_exc())
+            return {"unusable": one_line(exc), "usage": True}
         except CandidateError as exc:
+            write_log(traceback.format_exc())
             return {"unusable": one_line(exc)}
         except Exception as exc:  # noqa: BLE001 - a backend that breaks is that backend's failed row
             write_log(traceback.format_exc())

@@ -12,9 +12,10 @@ Adding a recipe to a backend is one decorated function; shared parameters come f
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Iterator, Protocol
 
 import numpy as np
 
@@ -221,3 +222,118 @@ class Backend:
         if reason:
             raise NboptError(reason)
         return self.handlers[recipe.name].handler(self, prepared, dict(recipe.params), ctx)
+
+
+# -- torch modules as exporters take them -------------------------------------------------------------
+@contextmanager
+def exportable(module: Any, args: tuple = (), kwargs: dict | None = None) -> Iterator[tuple[Any, list[str]]]:
+    """``(module to export, notes)`` for a torch module whose outputs an exporter may not take: a
+    transformers key/value cache anywhere inside is turned off (put back afterwards: the module may be
+    the user's), and a model that still returns something besides tensors (a cache object, a ModelOutput
+    with one) is exported through a view that returns its first tensor output only. Shared by the
+    backends that export torch modules (torch, onnx, tflite); torch is imported only when one is given."""
+    import torch
+
+    configs = [c for c in {id(c): c for c in _configs(module)}.values() if getattr(c, "use_cache", False) is True]
+    notes = ["key/value cache turned off (use_cache=False): one forward pass over the whole sequence"] if configs else []
+    for config in configs:
+        config.use_cache = False
+    try:
+        out = _run(module, args, kwargs)
+        path, others = _first_tensor(out), sorted({type(x).__name__ for x in _leaves(out)
+                                                    if x is not None and not isinstance(x, torch.Tensor)})
+        if any(name.endswith("Cache") for name in others):  # its forward asks for a cache all the same
+            notes = []
+        if others and path is not None:
+            module = _first_tensor_view(module, path)
+            notes.append(f"only the first tensor output ({path_label(path)}) is exported: the model also returns "
+                         f"{', '.join(others)}")
+        yield module, notes
+    finally:
+        for config in configs:
+            config.use_cache = True
+
+
+def _run(module: Any, args: tuple, kwargs: dict | None) -> Any:
+    """The module's output on the example; None when it does not run (the exporter then says why)."""
+    import torch
+
+    from ..quiet import quiet
+
+    try:
+        with torch.no_grad(), quiet():
+            return module(*args, **(kwargs or {}))
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _configs(module: Any) -> Iterator[Any]:
+    for m in module.modules() if hasattr(module, "modules") else [module]:
+        if getattr(m, "config", None) is not None:
+            yield m.config
+
+
+def _leaves(out: Any) -> Iterator[Any]:
+    if isinstance(out, dict) or hasattr(out, "to_tuple"):  # a dict, a transformers ModelOutput
+        for value in (out.values() if isinstance(out, dict) else out.to_tuple()):
+            yield from _leaves(value)
+    elif isinstance(out, (list, tuple)):
+        for value in out:
+            yield from _leaves(value)
+    else:
+        yield out
+
+
+def _first_tensor(out: Any, path: tuple = ()) -> tuple | None:
+    """Where the first tensor of ``out`` is: keys and indices, in order; None when there is none."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return path
+    items = list(out.items()) if isinstance(out, dict) else (
+        list(enumerate(out)) if isinstance(out, (list, tuple)) else [])
+    for key, value in items:
+        found = _first_tensor(value, path + (key,))
+        if found is not None:
+            return found
+    return None
+
+
+def path_label(path: tuple) -> str:
+    return ".".join(str(p) for p in path) or "the output"
+
+
+def _pick(out: Any, path: tuple) -> Any:
+    for key in path:
+        out = out[key]
+    return out
+
+
+_VIEW: list = []
+
+
+def _first_tensor_view(inner: Any, path: tuple) -> Any:
+    """A module that runs ``inner`` and returns the tensor at ``path``. Its forward shows ``inner``'s
+    signature: exporters match inputs and dynamic shapes to the parameter names."""
+    import inspect
+
+    if not _VIEW:
+        import torch
+
+        class FirstTensorOutput(torch.nn.Module):
+            def __init__(self, inner, path: tuple):
+                super().__init__()
+                self.inner, self.path = inner, path
+                object.__setattr__(self, "source", inner)  # for signature lookups, not a second submodule
+
+        _VIEW.append(FirstTensorOutput)
+
+    def forward(self, *args, **kwargs):
+        return _pick(self.inner(*args, **kwargs), self.path)
+
+    sig = inspect.signature(inner.forward)
+    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    forward.__signature__ = sig.replace(parameters=[self_param, *sig.parameters.values()])
+    view = _VIEW[0](inner, path)
+    view.__class__ = type(_VIEW[0].__name__, (_VIEW[0],), {"forward": forward})
+    return view

@@ -14,7 +14,7 @@ import numpy as np
 
 from ...errors import CandidateError, NboptError, one_line
 from ...quiet import quiet
-from ..base import Artifact, Context
+from ..base import Artifact, Context, exportable
 from ..common import versions
 from .reports import weight_summary, write_report
 from .runner import import_tf
@@ -76,13 +76,13 @@ def torch_to_tflite(model, data, workdir: Path) -> tuple[bytes, str]:
     args = tuple(torch.from_numpy(np.ascontiguousarray(ex[n])) for n in data.input_names)
     out = workdir / "torch_fp32.tflite"
     try:
-        with quiet():
-            edge = litert_torch.convert(model.eval(), args)
+        with exportable(model.eval(), args) as (view, notes), quiet():
+            edge = litert_torch.convert(view, args)
             edge.export(str(out))
     except Exception as exc:  # noqa: BLE001
         raise CandidateError(f"litert-torch could not convert this PyTorch model to TFLite "
-                         f"({one_line(exc, 300)}).") from exc
-    return out.read_bytes(), f"litert-torch {versions('litert-torch').get('litert_torch')}"
+                             f"({one_line(exc, 300).rstrip('.')}).") from exc
+    return out.read_bytes(), ", ".join([f"litert-torch {versions('litert-torch').get('litert_torch')}", *notes])
 
 
 def make_artifact(data: bytes, ctx: Context, stem: str, notes: str, **info) -> Artifact:

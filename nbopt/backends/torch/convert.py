@@ -19,17 +19,18 @@ import numpy as np
 
 from ...errors import CandidateError, one_line
 from ...quiet import quiet
-from ..base import Artifact
+from ..base import Artifact, exportable
 from .runner import PT2, PTE, import_torch, load
 
 # -- export ----------------------------------------------------------------------------------------
 
 
 def export_static(module, args: tuple):
-    """``torch.export`` at the example's batch size (static shapes)."""
+    """``torch.export`` at the example's batch size (static shapes), of what the exporter can take (see
+    ``exportable``: the cache off, the first tensor output)."""
     torch = import_torch()
-    with quiet():
-        return torch.export.export(module, args, strict=False)
+    with exportable(module, args) as (view, _), quiet():
+        return torch.export.export(view, args, strict=False)
 
 
 def export_dynamic_batch(module, args: tuple):
@@ -41,8 +42,8 @@ def export_dynamic_batch(module, args: tuple):
     batch = Dim("batch", min=1, max=4096)
     shapes = tuple({0: batch} if a.dim() > 0 else None for a in args2)
     try:
-        with quiet():
-            return torch.export.export(module, args2, dynamic_shapes=shapes, strict=False)
+        with exportable(module, args2) as (view, _), quiet():
+            return torch.export.export(view, args2, dynamic_shapes=shapes, strict=False)
     except Exception:
         return None
 
@@ -97,6 +98,8 @@ def build_artifact(module, example: tuple, workdir: Path, *, notes: list[str], i
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    with exportable(module, example) as (_, changed):  # what the exports below change, for the notes
+        notes = [*notes, *(c for c in changed if c not in notes)]
     why = "ExecuTorch lowering was not attempted"
     if pte:
         try:
