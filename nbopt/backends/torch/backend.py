@@ -21,6 +21,7 @@ from ...recipes import Recipe
 from ...store import scratch_dir
 from ..base import Artifact, Backend, Context
 from ..common import cache_off, hash_exported_program, versions
+from .attention import conv1d_note, conv1d_to_linear
 from .convert import build_artifact, export_static
 from .runner import Positional, first_output, import_torch, import_torchao, load, to_tensors
 
@@ -74,7 +75,8 @@ class TorchBackend(Backend):
             raise NboptError(f"nbopt could not copy the model ({one_line(exc)}); it must be "
                              "deep-copyable so that the original stays untouched.") from exc
         model = model.cpu().eval()
-        note = cache_off(model)
+        # a transformers Conv1D is a Linear in disguise: as nn.Linear, quantizers and pruners see it
+        note = "; ".join(filter(None, [cache_off(model), conv1d_note(conv1d_to_linear(model))]))
         inputs = data.example(1)
         names = list(data.input_names)
         ordered = {k: inputs[k] for k in names}

@@ -126,7 +126,14 @@ def qat_quantizer():
             get_symmetric_quantization_config,
         )
 
-    quantizer = XNNPACKQuantizer()
+    from .quant import keep_integer_scalars
+
+    class QatXNNPACKQuantizer(XNNPACKQuantizer):
+        def transform_for_annotation(self, model):  # transformers' integer position ids stay integer
+            before = set(model.graph.nodes)
+            return keep_integer_scalars(super().transform_for_annotation(model), before)
+
+    quantizer = QatXNNPACKQuantizer()
     quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
     return quantizer
 

@@ -9,9 +9,9 @@ from ...errors import CandidateError, library_failure
 from ...training import TrainSettings
 from ..base import Artifact, Context, Param
 from .backend import TorchBackend, TorchPrepared, build
-from .prune import count_params, structured, unstructured
-from .quant import (int4_config, int8_dynamic_config, int8_weight_only_config, linear_divisible_by, pt2e_static,
-                    torchao_quantize)
+from .prune import count_params, heads_note, structured, unstructured
+from .int4 import ALGORITHMS as INT4_ALGORITHMS, check_group, quantize_int4
+from .quant import int8_dynamic_config, int8_weight_only_config, pt2e_static, torchao_quantize
 from .reports import describe, layer_counts, pt2e_counts
 from .runner import PT2, first_output, import_torch
 from .train import fit, supervised
@@ -66,23 +66,27 @@ def _int8_weight_only(backend, prepared: TorchPrepared, params: dict, ctx: Conte
                            "torchao Int8WeightOnlyConfig (int8 weights, fp32 compute)")
 
 
-# activations=int8 runs XNNPACK's qd8-qb4w kernels as a .pte; float falls back to a .pt2 (see below)
-@TorchBackend.recipe("int4-weight-only")
+# activations int8 by default here: XNNPACK's only packed 4-bit kernels are qd8-qb4w (int8 dynamic
+# activations), so that is what makes a 4-bit .pte; activations=float stays the unpacked .pt2 (see int4.py)
+@TorchBackend.recipe("int4-weight-only", defaults={"activations": "int8"},
+                     algorithm=Param("rtn", choices=INT4_ALGORITHMS,
+                                     help="how the 4-bit values are chosen: rtn (round to nearest), hqq (HQQ "
+                                          "scale search, data-free) or awq (activation-aware scales searched on "
+                                          "calibration data)"))
 def _int4_weight_only(backend, prepared: TorchPrepared, params: dict, ctx: Context) -> Artifact:
     total = layer_counts(prepared.module)
-    group = int(params["group_size"])
-    config = int4_config(group, params["activations"])
-    module, q = torchao_quantize(prepared.module, config, filter_fn=linear_divisible_by(group))
-    if not q:
-        raise CandidateError(f"int4-weight-only found no nn.Linear layer whose input size is a multiple of "
-                             f"group_size={group}; try a smaller group_size.")
-    what = describe(q, total, "int4")
-    skipped = sum(1 for _, m in _linears(prepared.module)) - q.get("Linear", 0)
-    name = "IntxWeightOnlyConfig" if params["activations"] == "float" else "Int8DynamicActivationIntxWeightConfig"
-    notes = [f"torchao {name}(int4, group {group}): {what}"]
+    group, algorithm, acts = int(params["group_size"]), params["algorithm"], params["activations"]
+    skipped = check_group(prepared.module, group)
+    with library_failure(f"torchao int4 quantization ({algorithm})"):
+        module, q, extra = quantize_int4(prepared.module, group, acts, algorithm, ctx.calib, prepared.input_names)
+    what = describe(q, total, f"int4 {algorithm}")
+    name = "IntxWeightOnlyConfig" if acts == "float" else "Int8DynamicActivationIntxWeightConfig"
+    notes = [f"torchao {name}(int4, group {group}, {algorithm}): {q.get('Linear', 0)} Linear layer(s) with 4-bit "
+             f"weights; {what}", *extra]
     if skipped:
-        notes.append(f"{skipped} Linear layer(s) skipped: input size not a multiple of {group}")
-    art = build(module, prepared, ctx, info={"quantized": what}, notes=notes)
+        notes.append(f"{skipped} Linear layer(s) kept fp32: input size not a multiple of group_size={group}")
+    art = build(module, prepared, ctx, info={"quantized": what, "algorithm": algorithm, "group_size": group},
+                notes=notes)
     if art.format == PT2:
         art.notes += ("; the .pt2 stores each int4 value in one byte (torchao's unpacked layout), so the "
                       "size is about that of int8; activations=int8 gives a packed 4-bit XNNPACK .pte")
@@ -95,7 +99,7 @@ def _linears(model):
 
 
 @TorchBackend.recipe("int8-static", honours={"calibration": ("minmax", "histogram", "entropy"),
-                                             "activations": ("int8",)},
+                                             "activations": ("int8",), "per_channel": (True, False)},
                      defaults={"calibration": "histogram"})  # XNNPACKQuantizer's own default observer
 def _int8_static(backend, prepared: TorchPrepared, params: dict, ctx: Context) -> Artifact:
     calib = ctx.calib
@@ -106,7 +110,7 @@ def _int8_static(backend, prepared: TorchPrepared, params: dict, ctx: Context) -
     what = describe(stats["quantized"], total, "int8")
     scheme = "per-channel" if params["per_channel"] else "per-tensor"
     notes = [f"PT2E, XNNPACKQuantizer (int8 {scheme} weights, int8 activations, {params['calibration']} "
-             f"observers, calibrated on {stats['calibrated_on']} calibration examples): {what}"]
+             f"observers, calibrated on {stats['calibrated_on']} calibration examples, {stats['scope']}): {what}"]
     art = build(module, prepared, ctx, info={"quantized": what, "quantizer": "XNNPACKQuantizer"}, notes=notes)
     if art.format == PT2:
         art.notes += ("; the .pt2 keeps fp32 weights beside quantize/dequantize nodes (simulated int8), so it "
@@ -160,6 +164,7 @@ def _prune_structured(backend, prepared: TorchPrepared, params: dict, ctx: Conte
     after = count_params(module)
     notes = [f"Torch-Pruning MetaPruner, L1 magnitude, {params['amount']:.0%} of channels removed (last layer "
              f"kept): {before} -> {after} parameters ({_ratio(after, before)})"]
+    notes += [n for n in [heads_note(prepared.module, module)] if n]
     info = {"quantized": "none (fp32)", "params_before": before, "params_after": after}
     epochs = int(params["finetune_epochs"])
     data, source = (ctx.train, "train") if ctx.train is not None else (ctx.calib, "calibration")
