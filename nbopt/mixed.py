@@ -15,7 +15,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-COUNTING = ("accuracy", "top5", "f1", "agreement")  # metrics that move by whole examples
+from .metrics import scored_positions
+
+COUNTING = ("accuracy", "top5", "f1", "agreement", "next-token")  # move by whole examples (or tokens)
 
 
 def fidelity(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
@@ -56,23 +58,33 @@ class CalibScore:
     @property
     def noise(self) -> float:
         """The smallest loss difference that means something: one example's worth for metrics that count
-        examples (accuracy, top5, f1, agreement), none for continuous ones (cosine, mse, relative error)."""
-        counting = self._metric is not None and self._metric.name in COUNTING
-        return 1.0 / max(len(self.ref), 1) if counting else 0.0
+        examples (accuracy, top5, f1, agreement), one token's worth where they count positions of sequence
+        outputs (agreement, next-token), none for continuous ones (cosine, mse, perplexity, relative error)."""
+        if self._metric is None or self._metric.name not in COUNTING:
+            return 0.0
+        if np.ndim(self.ref) == 3 and self._metric.name in ("agreement", "next-token"):
+            mask = scored_positions(self.labels, self.ref) if self._metric.name == "next-token" else None
+            counted = int(mask.sum()) if mask is not None else self.ref.shape[0] * self.ref.shape[1]
+            return 1.0 / max(counted, 1)
+        return 1.0 / max(len(self.ref), 1)
 
     def value(self, out: np.ndarray) -> float:
         """The metric's value (or the relative error) for these outputs."""
         if self._metric is None:
             return fidelity(self.ref, out)["rel_error"]
-        other = self.ref if self._metric.vs_baseline else self.labels
-        return self._metric(np.asarray(out).reshape(np.shape(self.ref)), other)
+        return self._score(np.asarray(out).reshape(np.shape(self.ref)))
+
+    def _score(self, out: np.ndarray) -> float:
+        if self._metric.vs_baseline:  # next-token skips the positions whose next token is padding
+            return self._metric(out, self.ref, mask=scored_positions(self.labels, self.ref))
+        return self._metric(out, self.labels)
 
     def loss(self, out: np.ndarray) -> float:
         """Lower is better: the metric's drop against float (or the relative error), plus a tie-breaker."""
         rel = fidelity(self.ref, out)["rel_error"]
         if self._metric is None:
             return rel
-        base = self._metric(self.ref, self.ref if self._metric.vs_baseline else self.labels)
+        base = self._score(np.asarray(self.ref))
         # the relative error breaks ties between trials the metric cannot tell apart (e.g. agreement 1.0)
         return self._metric.drop(self.value(out), base) + 1e-3 * rel
 
@@ -96,8 +108,12 @@ def choose(trials: list[dict[str, Any]], tolerance: float = 0.05, noise: float =
     trial's ``loss``, measured on the spread between the worst and the best: a trial that gives 95 % of the
     possible gain is preferred to a bigger or slower one. Differences below ``noise`` (one calibration
     example's worth of a counting metric: ``CalibScore.noise``) do not count: keeping layers in float that
-    changes one prediction is not worth its bytes. Each trial has ``loss``, ``size`` and ``k``."""
+    changes one prediction is not worth its bytes. Each trial has ``loss``, ``size`` and ``k``, and may have
+    ``slow`` (0 = fastest way of running the kept layers): among trials of the same size (within 0.2 %,
+    block scales and attributes aside) the fastest wins, then the one keeping fewest layers."""
     losses = [t["loss"] for t in trials]
     best, worst = min(losses), max(losses)
     slack = max(tolerance * (worst - best), noise) + 1e-12
-    return min((t for t in trials if t["loss"] <= best + slack), key=lambda t: (t["size"], t["k"]))
+    good = [t for t in trials if t["loss"] <= best + slack]
+    smallest = min(t["size"] for t in good)
+    return min((t for t in good if t["size"] <= smallest * 1.002), key=lambda t: (t.get("slow", 0), t["k"], t["size"]))

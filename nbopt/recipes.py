@@ -66,7 +66,9 @@ def _training(epochs: int, lr: float, low_epochs: int = 1) -> dict[str, Param]:
     }
 
 
-_PER_CHANNEL = Param(True, choices=(True, False), help="one weight scale per output channel (False: one per tensor)")
+_PER_CHANNEL = Param(True, choices=("auto", True, False),
+                     help="one weight scale per output channel (False: one per tensor; 'auto': both built, the "
+                          "per-tensor one kept where it scores as well on calibration data: ONNX's default)")
 _GROUPS = (16, 32, 64, 128, 256)
 # mixed-precision: the same parameters on every backend (per-layer sensitivity on calibration data only)
 _MIXED = {

@@ -9,8 +9,9 @@ towards the safest ones, and stops at the first rung where a candidate fits the 
 3. the other calibration methods (histogram, entropy, percentile) where the backend has them
 4. the most sensitive layers kept in float, one group at a time (1, 2, 4, 8, 16 layers, from the per-layer
    sensitivity on calibration data)
-5. fp16 (half the size, close to float accuracy)
-6. quantization-aware training, when ``train=`` is given
+5. int8/fp16 mixes: the most sensitive layers in fp16 instead of fp32, up to all of them (ONNX)
+6. fp16 (half the size, close to float accuracy)
+7. quantization-aware training, when ``train=`` is given
 
 Every trial is an ordinary row (stored, reused, on the plot). ``study.search_log`` says, per backend, which
 step ran, why, and what each trial gave. This module only plans and explains; the study runs the trials.
@@ -74,6 +75,11 @@ def ladder(resolve: Callable[[Recipe], tuple[Recipe, str]], has_sensitivity: boo
                               "fully int8 broke the budget: the most sensitive layers (per-layer sensitivity on "
                               f"calibration data) stay in float, {k} at a time",
                               Recipe("mixed-precision", {"keep_float": k, "per_channel": True}), keep=k))
+        # only the ONNX backend runs kept layers in fp16 (the others keep fp32: the rung is left out there)
+        rungs.append(rung("int8/fp16 mix", "keeping layers in fp32 broke the budget: the most sensitive layers in "
+                          "fp16 instead, up to all of them (half their fp32 bytes each)",
+                          Recipe("mixed-precision", {"keep_as": "fp16", "max_size_growth": 1.0,
+                                                     "per_channel": True})))
     rungs.append(rung("fp16", "no int8 mix fits: fp16 halves the size with close to float accuracy",
                       Recipe("fp16")))
     if has_train:

@@ -142,8 +142,8 @@ def recipe_check(recipe: str, breakdown: dict | None) -> str:
     if name == "int4-weight-only" and int4 < 0.01 * total:
         kinds = sorted(((k, int(by.get(k, 0))) for k in ("fp32", "fp16", "int8") if by.get(k)), key=lambda kv: -kv[1])
         parts = ", ".join(f"{_share(n, total)} {k}" for k, n in kinds)
-        return (f"int4 in name, but no weight is stored in 4 bits: the weight bytes are {parts} "
-                f"({total:,} B{biggest(kinds[0][0])})")
+        few = "no weight is stored in 4 bits" if not int4 else f"only {int4:,} B of weights are stored in 4 bits"
+        return (f"int4 in name, but {few}: the weight bytes are {parts} ({total:,} B{biggest(kinds[0][0])})")
     return ""
 
 

@@ -73,7 +73,8 @@ def torch_artifacts(tmp_path_factory):
     root = tmp_path_factory.mktemp("sizes_torch")
     arts = {"baseline": backend.baseline(prepared, _ctx(root, "base"))}
     for label, recipe in {"fp16": Recipe("fp16"), "int8-static": Recipe("int8-static"),
-                          "int4-weight-only": Recipe("int4-weight-only", {"group_size": 32})}.items():
+                          "int4-weight-only": Recipe("int4-weight-only", {"group_size": 32, "activations": "float"}),
+                          "int4-packed": Recipe("int4-weight-only", {"group_size": 32})}.items():
         arts[label] = backend.apply(prepared, backend.validate(recipe), _ctx(root, label, calib))
     from nbopt.backends.torch.reports import size_breakdown
 
@@ -123,6 +124,14 @@ def test_torch_int8_static_is_int8(torch_artifacts):
     assert b["by_dtype"]["int8"] > b["by_dtype"]["fp32"]
     assert b["by_dtype"]["int8"] == 864 + 18432 + 640
     assert recipe_check("int8-static", b) == ""
+
+
+def test_torch_pte_int4_is_packed_two_values_per_byte(torch_artifacts):
+    """The default int4-weight-only (int8 dynamic activations) is an XNNPACK .pte with the Linear's 640
+    weights in 320 bytes."""
+    art, b = torch_artifacts["int4-packed"]
+    assert art.format == "pte"
+    assert b["by_dtype"]["int4"] == 640 // 2  # (the Conv filters stay fp32: torchao's int4 takes Linear only)
 
 
 def test_torch_pt2_int4_counts_unpacked_int4_as_int8(torch_artifacts):

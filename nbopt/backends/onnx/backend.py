@@ -7,9 +7,9 @@ file (external data included) or an ``onnx.ModelProto``. Recipes: fp16, int8-dyn
 """
 from __future__ import annotations
 
-import copy
-
 import contextlib
+import copy
+import hashlib
 import io
 import os
 import shutil
@@ -227,9 +227,10 @@ class OnnxBackend(Backend):
         if decision is None:
             feeds = self.calib_feeds(prepared, calib, limit=SENS_EXAMPLES) if calib is not None else None
             with quiet():
+                cache = (prepared.dir, f"calib{getattr(calib, 'fingerprint', os.getpid())}")
                 decision = decide(raw, pre, prepared.dir / f"pre_check_{os.getpid()}",
-                                  lambda s, d: self.quantize_dynamic(s, d, per_channel=True),
-                                  (lambda p: self.outputs(p, feeds)) if feeds else None)
+                                  lambda s, d: self.quantize_dynamic(s, d, per_channel=True, cache=prepared.dir),
+                                  (lambda p: self.outputs(p, feeds, cache=cache)) if feeds else None)
             save_decision(path, *decision)
         keep, why = decision
         return (pre, f"{note} ({why})") if keep else (raw, why)
@@ -259,9 +260,19 @@ class OnnxBackend(Backend):
             feeds = [{k: v[i:i + size] for k, v in whole.items()} for i in range(0, seen, size)]
         return feeds
 
-    def outputs(self, path: Path, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
+    def outputs(self, path: Path, feeds: list[dict[str, np.ndarray]], cache: tuple[Path, str] | None = None
+                ) -> np.ndarray:
+        """The model's first output on ``feeds``. ``cache`` = (folder, name of the feeds): kept on disk by the
+        model file's content, so the same int8 model built twice (the pre-processing check, int8-dynamic,
+        mixed-precision's everything-int8 trial) is run once."""
+        hit = _output_cache(path, cache)
+        if hit is not None and hit.exists():
+            return np.load(hit)
         runner = OrtRunner(path)
-        return np.concatenate([runner.session.run([runner.output_name], f)[0] for f in feeds])
+        out = np.concatenate([runner.session.run([runner.output_name], f)[0] for f in feeds])
+        if hit is not None:
+            _save_atomic(hit, lambda f: np.save(f, out))
+        return out
 
     def reference_outputs(self, prepared: OnnxPrepared, calib) -> tuple[list, np.ndarray]:
         key = ("ref", getattr(calib, "fingerprint", id(calib)))
@@ -271,15 +282,26 @@ class OnnxBackend(Backend):
         return prepared._cache[key]
 
     def quantize_dynamic(self, src: Path, dst: Path, per_channel=False, reduce_range=False, weight_type="int8",
-                 exclude=None, only=None):
+                 exclude=None, only=None, cache: Path | None = None):
+        """onnxruntime's quantize_dynamic. With ``cache`` (a folder of the prepared model), a build with the
+        same source and options is copied from there: the pre-processing check, ``int8-dynamic`` and
+        mixed-precision's trials ask for the same one (per-channel quantization is a Python loop per
+        channel in onnxruntime: about a second on MiniLM)."""
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
+        opts = (per_channel, reduce_range, weight_type, sorted(exclude or []), sorted(only or []))
+        hit = _build_cache(cache, src, opts)
+        if hit is not None and hit.exists():
+            shutil.copyfile(hit, dst)
+            return
         with private_source(src, dst.parent) as src:
             ort_call("onnxruntime.quantization.quantize_dynamic", quantize_dynamic, str(src), str(dst),
                      per_channel=per_channel, reduce_range=reduce_range,
                      weight_type=getattr(QuantType, QUANT_TYPES[weight_type]),
                      nodes_to_exclude=node_aliases(exclude), nodes_to_quantize=node_aliases(only),
                      extra_options={"MatMulConstBOnly": True})
+        if hit is not None and model_files(dst) == [dst]:  # one file: models with external data are not kept
+            _save_atomic(hit, lambda f: f.write(dst.read_bytes()))
 
     def quantize_static(self, prepared, src: Path, dst: Path, calib, calibration="minmax", per_channel=True,
                 activations="uint8", reduce_range=False, op_types="weights", exclude=None, only=None):
@@ -354,6 +376,33 @@ def _sens_key(mode: str, calib) -> tuple:
 
 def _sens_file(prepared: OnnxPrepared, mode: str, calib) -> Path:
     return prepared.dir / f"sensitivity_{mode}_{getattr(calib, 'fingerprint', os.getpid())}.json"
+
+
+def _build_cache(folder: Path | None, src: Path, opts: tuple) -> Path | None:
+    """Where a quantizer build of ``src`` with ``opts`` is kept in ``folder`` (None: no cache)."""
+    if folder is None:
+        return None
+    st = src.stat()
+    key = hashlib.sha1(repr((str(src.resolve()), st.st_mtime_ns, st.st_size, opts)).encode()).hexdigest()[:20]
+    return folder / "builds" / f"{key}.onnx"
+
+
+def _output_cache(path: Path, cache: tuple[Path, str] | None) -> Path | None:
+    """Where a single-file model's outputs on the named feeds are kept (None: no cache)."""
+    if cache is None or model_files(path) != [path]:
+        return None
+    folder, feeds_name = cache
+    digest = hashlib.sha1(path.read_bytes()).hexdigest()[:20]  # ~30 ms for MiniLM's 23 MB
+    return folder / "outputs" / f"{digest}_{feeds_name}.npy"
+
+
+def _save_atomic(path: Path, write) -> None:
+    """``write(file)`` beside ``path``, then rename: concurrent workers see no file or a whole one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}")
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
 
 
 def _write_atomic(path: Path, text: str) -> None:

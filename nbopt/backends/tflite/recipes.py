@@ -44,7 +44,7 @@ def _int8_dynamic(backend: TFLiteBackend, prepared: TFLitePrepared, params: dict
 
 # The converter calibrates with min/max ranges only.
 @TFLiteBackend.recipe(
-    "int8-static", honours={"calibration": ("minmax",), "activations": ("int8", "int16")},
+    "int8-static", honours={"calibration": ("minmax",), "activations": ("int8", "int16"), "per_channel": (True, False)},
     io=Param("float", choices=("float", "int8"),
              help="float: float model inputs/outputs; int8: integer I/O (int16 with int16 activations)"),
 )
