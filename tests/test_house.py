@@ -87,7 +87,7 @@ def test_cycle_finder_finds_a_cycle(tmp_path, monkeypatch):
     assert import_cycles() == [["nbopt.a", "nbopt.b"]]
 
 
-@pytest.mark.parametrize("name", ["torch", "onnx", "tflite", "coreml"])
+@pytest.mark.parametrize("name", ["torch", "onnx", "tflite", "coreml", "gguf", "genai"])
 def test_backend_is_a_package_with_the_same_roles(name):
     folder = PACKAGE / "backends" / name
     missing = [r for r in ROLES if not (folder / f"{r}.py").exists()]

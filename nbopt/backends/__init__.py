@@ -21,6 +21,10 @@ _PACKAGES = {
     "onnx": ("nbopt.backends.onnx", "OnnxBackend", "onnxruntime"),
     "tflite": ("nbopt.backends.tflite", "TFLiteBackend", "tensorflow"),
     "coreml": ("nbopt.backends.coreml", "CoreMLBackend", "coremltools"),
+    # only when asked (backends=["gguf"]): default_backends() gives torch models the torch backend alone
+    "gguf": ("nbopt.backends.gguf", "GGUFBackend", "gguf"),
+    # only when asked (backends=["genai"]), like gguf: onnxruntime-genai's model builder and runtime
+    "genai": ("nbopt.backends.genai", "GenAIBackend", "onnxruntime_genai"),
 }
 BACKEND_NAMES = tuple(_PACKAGES)  # the built-in backends
 
