@@ -6,6 +6,8 @@
                                         # bench_resolution, bench_keras_training; about 15 minutes)
     python benchmarks/run.py --search   # mixed precision and search="auto" against the converters' defaults
                                         # (bench_mixed.py: MiniLM, digits CNN, MobileNetV3; about 10 minutes)
+    python benchmarks/run.py --llm      # a small Llama trained here: perplexity and size per candidate against
+                                        # torchao, ONNX Runtime MatMulNBits and GGUF Q4_0 (bench_llm.py; ~3 minutes)
 
 1. Per torch recipe: nbopt's handler time against the same libraries called directly (overhead ratio).
 2. The default sweep on the demo model (fresh store) against an identical re-run (served from the store).
@@ -119,7 +121,11 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="also run the ONNX and TFLite benchmarks")
     parser.add_argument("--training", action="store_true", help="only the training-based recipes' benchmarks")
     parser.add_argument("--search", action="store_true", help="only mixed precision and search='auto' (bench_mixed)")
+    parser.add_argument("--llm", action="store_true", help="only the small language model's perplexity (bench_llm)")
     args = parser.parse_args()
+    if args.llm:
+        subprocess.run([sys.executable, str(HERE / "bench_llm.py")], check=False)
+        return
     if args.search:
         subprocess.run([sys.executable, str(HERE / "bench_mixed.py")], check=False)
         return

@@ -19,6 +19,7 @@ def pareto_figure(study, objectives: Sequence[str] | None = None):
     (xcol, _), (ycol, _) = resolve(objectives or study.objectives, study.metric.greater_is_better)[:2]
     df = study.results
     ok = df[df["status"] == "ok"]
+    ok = ok[ok[xcol].notna() & ok[ycol].notna()]  # unmeasured rows (Core ML off macOS, GGUF without llama.cpp)
     front = study.pareto(objectives)
     scale = _SCALE.get(xcol, 1.0)
     fig = go.Figure()

@@ -19,6 +19,7 @@ NEEDS = {  # notebook -> modules it needs
     "teaching.ipynb": ["torch"],
     "keras_tflite.ipynb": ["tensorflow", "keras"],
     "onnx_byo.ipynb": ["torch", "onnx", "onnxruntime", "onnxscript"],
+    "llm_on_a_phone.ipynb": ["torch", "transformers", "tokenizers", "onnx", "onnxruntime", "onnxscript", "gguf"],
 }
 
 
