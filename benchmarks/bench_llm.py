@@ -48,36 +48,17 @@ import nbopt  # noqa: E402
 from nbopt.evaluator import LatencySettings  # noqa: E402
 from nbopt.metrics import perplexity as ppl_of_logits  # noqa: E402
 from nbopt.quiet import quiet  # noqa: E402
+from bench_mixed import table  # noqa: E402
+from bench_workers import cpu as cpu_model  # noqa: E402
 
 RECIPES = ["fp16", "int8-dynamic", "int8-weight-only", "int4-weight-only"]
 QUICK = LatencySettings(warmup=1, min_runs=3, min_seconds=0.0)  # latency is not what this benchmark reports
 COMMON = dict(metric="perplexity", executor="inline", measure_memory=False, progress=False, latency=QUICK)
 
 
-def table(title: str, header: list[str], rows: list[list], notes: tuple[str, ...] = ()) -> None:
-    print(f"\n### {title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(x).replace("|", "/") for x in row) + " |")
-    for note in notes:
-        print(f"\n{note}")
-    sys.stdout.flush()
-
-
 def short_error(exc: BaseException | str, n: int = 140) -> str:
     text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
     return " ".join(str(text).split())[:n]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # -- peers -----------------------------------------------------------------------------------------------

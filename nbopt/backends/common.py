@@ -81,3 +81,46 @@ def cache_off(model: Any) -> str:
         config.use_cache = False
         return "key/value cache turned off (use_cache=False): one forward pass over the whole sequence"
     return ""
+
+
+# -- language models (the gguf and genai backends) -------------------------------------------------------
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def model_tokenizer(model: Any) -> Path | None:
+    """The model's own folder when it holds tokenizer files (a model loaded from disk), else None."""
+    folder = Path(str(getattr(model.config, "_name_or_path", "") or ""))
+    try:
+        if folder.is_dir() and any((folder / f).is_file() for f in TOKENIZER_FILES):
+            return folder
+    except OSError:
+        return None
+    return None
+
+
+def token_ids(inputs: dict, runtime: str) -> tuple:
+    """(input_ids, attention_mask or None) from a runner's named inputs, as int64 (N, T) arrays."""
+    import numpy as np
+
+    from ..errors import NboptError
+
+    if "input_ids" in inputs:
+        ids = inputs["input_ids"]
+    elif len(inputs) == 1:
+        ids = next(iter(inputs.values()))
+    else:
+        raise NboptError(f"The {runtime} model takes token ids: name one input 'input_ids' (the data has "
+                         f"{', '.join(map(repr, inputs))}).")
+    mask = inputs.get("attention_mask")
+    ids = np.asarray(ids).astype(np.int64).reshape(len(ids), -1)
+    return ids, None if mask is None else np.asarray(mask).reshape(ids.shape)
+
+
+def check_token_input(example: Any, backend: str) -> None:
+    """The eval data of a backend that runs token ids must name one input 'input_ids' (or have one input)."""
+    from ..errors import NboptError
+
+    names = list(getattr(example, "input_names", None) or [])
+    if names and "input_ids" not in names and len(names) != 1:
+        raise NboptError(f"The {backend} backend runs token ids: the eval data needs an 'input_ids' input (it has "
+                         f"{', '.join(map(repr, names))}).")

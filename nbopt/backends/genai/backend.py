@@ -6,17 +6,15 @@ the torch backend): ask for it with ``backends=["genai"]``.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from ...errors import CandidateError, NboptError
+from ...errors import CandidateError
 from ...recipes import Recipe
 from ..base import Artifact, Backend, Context
-from ..common import hash_arrays, versions
+from ..common import check_token_input, hash_arrays, model_tokenizer, versions
 from .convert import UNSUPPORTED, Source, arch_of, build, source
 from .runner import GenAIRunner
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
 class GenAIBackend(Backend):
@@ -32,10 +30,7 @@ class GenAIBackend(Backend):
     def prepare(self, model: Any, example: Any) -> Source:
         if arch_of(model) is None:
             raise CandidateError(UNSUPPORTED)
-        names = list(getattr(example, "input_names", None) or [])
-        if names and "input_ids" not in names and len(names) != 1:
-            raise NboptError(f"The genai backend runs token ids: the eval data needs an 'input_ids' input (it has "
-                             f"{', '.join(map(repr, names))}).")
+        check_token_input(example, "genai")
         return source(model, model_tokenizer(model))
 
     def fingerprint(self, prepared: Source) -> str:
@@ -64,17 +59,6 @@ class GenAIBackend(Backend):
 
     def versions(self) -> dict[str, str]:
         return versions("onnxruntime-genai", "onnxruntime", "torch", "transformers")
-
-
-def model_tokenizer(model: Any) -> Path | None:
-    """The model's own folder when it holds tokenizer files (a model loaded from disk), else None."""
-    folder = Path(str(getattr(model.config, "_name_or_path", "") or ""))
-    try:
-        if folder.is_dir() and any((folder / f).is_file() for f in _TOKENIZER_FILES):
-            return folder
-    except OSError:
-        return None
-    return None
 
 
 def genai_artifact(prepared: Source, ctx: Context, precision: str, options: dict, how: str) -> Artifact:

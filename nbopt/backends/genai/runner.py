@@ -16,20 +16,12 @@ import numpy as np
 from ...errors import CandidateError, NboptError, library_failure
 from ...quiet import quiet
 from ..common import default_threads
+from ..common import token_ids as common_token_ids
 
 
 def token_ids(inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
     """(input_ids, attention_mask or None) from the runner's named inputs."""
-    if "input_ids" in inputs:
-        ids = inputs["input_ids"]
-    elif len(inputs) == 1:
-        ids = next(iter(inputs.values()))
-    else:
-        raise NboptError(f"The genai model takes token ids: name one input 'input_ids' (the data has "
-                         f"{', '.join(map(repr, inputs))}).")
-    mask = inputs.get("attention_mask")
-    ids = np.asarray(ids).astype(np.int64).reshape(len(ids), -1)
-    return ids, None if mask is None else np.asarray(mask).reshape(ids.shape)
+    return common_token_ids(inputs, "genai")
 
 
 def check_right_padding(mask: np.ndarray | None) -> None:

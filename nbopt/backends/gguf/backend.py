@@ -6,17 +6,15 @@ numpy copies), so recipes only choose how the matrices are stored. The backend i
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from ...errors import CandidateError, NboptError
+from ...errors import CandidateError
 from ...recipes import Recipe
 from ..base import Artifact, Backend, Context
-from ..common import hash_arrays, versions
+from ..common import check_token_input, hash_arrays, model_tokenizer, versions
 from .convert import UNSUPPORTED, Source, arch_of, source, write
 from .runner import LlamaCppRunner, measurable_info
 
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model")
 
 
 class GGUFBackend(Backend):
@@ -32,10 +30,7 @@ class GGUFBackend(Backend):
     def prepare(self, model: Any, example: Any) -> Source:
         if arch_of(model) is None:
             raise CandidateError(UNSUPPORTED)
-        names = list(getattr(example, "input_names", None) or [])
-        if names and "input_ids" not in names and len(names) != 1:
-            raise NboptError(f"The gguf backend runs token ids: the eval data needs an 'input_ids' input (it has "
-                             f"{', '.join(map(repr, names))}).")
+        check_token_input(example, "gguf")
         return source(model, model_tokenizer(model))
 
     def fingerprint(self, prepared: Source) -> str:
@@ -63,17 +58,6 @@ class GGUFBackend(Backend):
 
     def versions(self) -> dict[str, str]:
         return versions("gguf", "llama-cpp-python", "torch", "transformers")
-
-
-def model_tokenizer(model: Any) -> Path | None:
-    """The model's own folder when it holds tokenizer files (a model loaded from disk), else None."""
-    folder = Path(str(getattr(model.config, "_name_or_path", "") or ""))
-    try:
-        if folder.is_dir() and any((folder / f).is_file() for f in _TOKENIZER_FILES):
-            return folder
-    except OSError:
-        return None
-    return None
 
 
 def gguf_artifact(prepared: Source, ctx: Context, wanted: str, stem: str, how: str) -> Artifact:

@@ -17,6 +17,7 @@ import numpy as np
 from ...errors import CandidateError, NboptError, library_failure
 from ...quiet import quiet
 from ..common import default_threads
+from ..common import token_ids as common_token_ids
 
 LLAMA_REASON = "accuracy needs llama-cpp-python: pip install 'nbopt[llama]' (builds llama.cpp from source, minutes)"
 MAX_CONTEXT = 4096  # llama.cpp allocates its KV cache for the whole context: no more than eval rows need
@@ -37,15 +38,7 @@ def measurable_info() -> dict:
 
 def token_ids(inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
     """(input_ids, attention_mask or None) from the runner's named inputs."""
-    if "input_ids" in inputs:
-        ids = inputs["input_ids"]
-    elif len(inputs) == 1:
-        ids = next(iter(inputs.values()))
-    else:
-        raise NboptError(f"The GGUF model takes token ids: name one input 'input_ids' (the data has "
-                         f"{', '.join(map(repr, inputs))}).")
-    mask = inputs.get("attention_mask")
-    return np.asarray(ids).astype(np.int64).reshape(len(ids), -1), None if mask is None else np.asarray(mask)
+    return common_token_ids(inputs, "GGUF")
 
 
 def valid_length(mask: np.ndarray | None, length: int) -> int:
