@@ -470,7 +470,9 @@ def search_section() -> None:
                                 if r["recipe"] != "baseline" and r["status"] != "skipped")
             a, g = auto.best(BUDGET), grid.best(BUDGET)
             desc = lambda c: "none" if c is None else f"{c.name} ({int(c.row['size_bytes']):,} B)"  # noqa: E731
-            same = a is not None and g is not None and a.name == g.name
+            # the grid names its rows with every parameter resolved: compare what was built, not the names
+            same = a is not None and g is not None and all(a.row[k] == g.row[k] for k in ("backend", "recipe",
+                                                                                          "size_bytes"))
             smaller = "" if same or a is None or g is None else (
                 f"grid's is {g.row['size_bytes'] / a.row['size_bytes']:.2f}x auto's size")
             rows.append([label, ran(auto), ran(grid), f"{auto_s:.1f}", f"{grid_s:.1f}", desc(a), desc(g),
@@ -480,7 +482,8 @@ def search_section() -> None:
           ["model", "rows auto", "rows grid", "auto s", "grid s", "auto best", "grid best", "same best"], rows,
           ("rows: candidates built and measured (baseline and skipped rows not counted). grid: "
            "recipes=[p.recipe for p in auto.plan], every rung the ladder could run. best: study.best(max_accuracy_"
-           f"drop={BUDGET}), the smallest candidate within the budget.",))
+           f"drop={BUDGET}), the smallest candidate within the budget; same best: same backend, recipe and "
+           "bytes (the grid names its rows with every parameter resolved).",))
     with pd.option_context("display.width", 250, "display.max_colwidth", 70, "display.max_rows", 200):
         for label, log in logs:
             print(f"\nsearch_log, {label}:\n")

@@ -71,10 +71,13 @@ def ladder(resolve: Callable[[Recipe], tuple[Recipe, str]], has_sensitivity: boo
     ]
     if has_sensitivity:
         for k in KEEP_GROUPS:
+            # the first keep rung also runs the recipe's own search (keep_float auto): where keeping costs no
+            # bytes (ONNX's 8-bit blocks) it keeps every MatMul, smaller than keeping one in fp32
+            searched = [Recipe("mixed-precision", {"per_channel": True})] if k == KEEP_GROUPS[0] else []
             rungs.append(rung(f"keep {k} layer{'s' if k > 1 else ''} in float",
                               "fully int8 broke the budget: the most sensitive layers (per-layer sensitivity on "
                               f"calibration data) stay in float, {k} at a time",
-                              Recipe("mixed-precision", {"keep_float": k, "per_channel": True}), keep=k))
+                              Recipe("mixed-precision", {"keep_float": k, "per_channel": True}), *searched, keep=k))
         # only the ONNX backend runs kept layers in fp16 (the others keep fp32: the rung is left out there)
         rungs.append(rung("int8/fp16 mix", "keeping layers in fp32 broke the budget: the most sensitive layers in "
                           "fp16 instead, up to all of them (half their fp32 bytes each)",
