@@ -1,5 +1,7 @@
 """The gguf backend: Llama / GPT-2 causal LMs written as llama.cpp GGUF files (F32, F16, Q8_0, Q4_0), read
 back with gguf.GGUFReader: tensor names, types, shapes, layouts and keys as llama.cpp expects them."""
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,7 @@ from nbopt.errors import CandidateError, NboptError  # noqa: E402
 from nbopt.recipes import Recipe  # noqa: E402
 
 VOCAB = 320
+_HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None  # optional: it builds llama.cpp from source
 
 
 def gpt2():
@@ -94,7 +97,9 @@ def test_gpt2_q4_0_file_has_llama_cpp_names_transposed_conv1d_and_0_56_bytes_per
     assert field(art.path, "gpt2.block_count") == 2 and field(art.path, "gpt2.context_length") == 32
     assert field(art.path, "general.file_type") == int(gguf.LlamaFileType.MOSTLY_Q4_0)
     assert len(gguf.GGUFReader(str(art.path)).get_field("tokenizer.ggml.tokens").data) == VOCAB
-    assert art.format == "gguf" and "accuracy needs llama-cpp-python" in art.info["unmeasured"]
+    assert art.format == "gguf"
+    if not _HAS_LLAMA_CPP:
+        assert "accuracy needs llama-cpp-python" in art.info["unmeasured"]
     assert "Q4_0 9/28 (0.5625 B/weight)" in art.info["quantized"] and "group_size 32" in art.notes
     base = build(model, "baseline", tmp_path / "f32")
     assert art.size_bytes < 0.25 * base.size_bytes
@@ -195,6 +200,24 @@ def test_study_rows_have_real_sizes_and_say_accuracy_needs_llama_cpp(tmp_path):
     assert rows.loc["gguf:int4-weight-only", "size_bytes"] < rows.loc["gguf:int8-weight-only", "size_bytes"]
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not _HAS_LLAMA_CPP, reason="pip install 'nbopt[llama]' (builds llama.cpp from source)")
+@pytest.mark.parametrize("make", [gpt2, llama])
+def test_llama_cpp_runs_the_files_as_the_model_computes(tmp_path, make):
+    """The real check of the conversion: llama.cpp's perplexity of the F32 file equals torch's (ONNX here),
+    and Q4_0 stays close."""
+    import nbopt
+
+    ids = np.random.default_rng(0).integers(0, VOCAB, (8, 24))
+    study = nbopt.optimize(make(), eval={"input_ids": ids}, metric="perplexity", backends=["gguf", "onnx"],
+                           recipes=["int4-weight-only"], store=tmp_path / "s", progress=False,
+                           measure_memory=False, executor="inline")
+    rows = study.results.set_index("name")
+    assert set(rows["status"]) == {"ok"}, rows["error"].tolist()
+    assert rows.loc["gguf:baseline", "accuracy"] == pytest.approx(rows.loc["onnx:baseline", "accuracy"], rel=1e-4)
+    assert rows.loc["gguf:int4-weight-only", "accuracy_drop"] < 0.01
+
+
 class _FakeLlama:
     """Stands in for llama_cpp.Llama (not installed in CI: it builds from source): each position's logits
     are a one-hot of the token fed there."""
@@ -219,8 +242,9 @@ def test_runner_feeds_token_ids_to_llama_cpp_and_returns_every_positions_logits(
 
     from nbopt.backends.gguf.runner import LlamaCppRunner, NeedsLlamaCpp
 
-    with pytest.raises(NeedsLlamaCpp, match="accuracy needs llama-cpp-python: pip install 'nbopt\\[llama\\]'"):
-        LlamaCppRunner(tmp_path / "x.gguf", 64)
+    if not _HAS_LLAMA_CPP:
+        with pytest.raises(NeedsLlamaCpp, match="accuracy needs llama-cpp-python: pip install 'nbopt\\[llama\\]'"):
+            LlamaCppRunner(tmp_path / "x.gguf", 64)
     fake = types.ModuleType("llama_cpp")
     fake.__spec__ = importlib.machinery.ModuleSpec("llama_cpp", None)
     fake.Llama = _FakeLlama
