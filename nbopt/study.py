@@ -545,8 +545,8 @@ class Study(StudyResults):
         if not rows or any(r["status"] == OK for r in rows):
             return
         why = "; ".join(f"{r['backend']}: {(r['error'] or 'no reason given').rstrip('.')}" for r in rows)
-        warnings.warn(f"nbopt: no backend could export or run the model ({why}); fix that cause, or try "
-                      "another backend (backends=[...]).", stacklevel=3)
+        warnings.warn(f"nbopt: no backend has a working baseline ({why}); fix that cause, or try another "
+                      "backend (backends=[...]).", stacklevel=3)
 
     def _unusable_row(self, name: str) -> dict:
         row = _empty_row(Planned(name, BASELINE))

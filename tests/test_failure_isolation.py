@@ -113,8 +113,8 @@ def test_a_study_where_every_backend_fails_returns_with_one_warning(args):
         warnings.simplefilter("always")
         study = nbopt.optimize(**args, backends=["fake-exporter-fails"], recipes=[], executor="inline")
     assert list(study.results["status"]) == ["failed"]
-    said = [str(w.message) for w in caught if "no backend could" in str(w.message)]
-    assert said == [f"nbopt: no backend could export or run the model (fake-exporter-fails: {CAUSE.rstrip('.')}); "
+    said = [str(w.message) for w in caught if "no backend has" in str(w.message)]
+    assert said == [f"nbopt: no backend has a working baseline (fake-exporter-fails: {CAUSE.rstrip('.')}); "
                     "fix that cause, or try another backend (backends=[...])."]
 
 
