@@ -93,11 +93,6 @@ def _int4_weight_only(backend, prepared: TorchPrepared, params: dict, ctx: Conte
     return art
 
 
-def _linears(model):
-    torch = import_torch()
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-
-
 @TorchBackend.recipe("int8-static", honours={"calibration": ("minmax", "histogram", "entropy"),
                                              "activations": ("int8",), "per_channel": (True, False)},
                      defaults={"calibration": "histogram"})  # XNNPACKQuantizer's own default observer
